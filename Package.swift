@@ -1,0 +1,78 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "swapfair",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "swapfaird", targets: ["swapfaird"]),
+        .executable(name: "swapfairctl", targets: ["swapfairctl"]),
+        .library(name: "SwapfairPolicy", targets: ["SwapfairPolicy"]),
+        .library(name: "SwapfairCgroup", targets: ["SwapfairCgroup"]),
+        .library(name: "SwapfairConfig", targets: ["SwapfairConfig"]),
+        .library(name: "SwapfairDaemon", targets: ["SwapfairDaemon"]),
+        .library(name: "SwapfairSimulation", targets: ["SwapfairSimulation"]),
+        .library(name: "SwapfairTestSupport", targets: ["SwapfairTestSupport"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // Pure arithmetic: observations in, settings out. No I/O, no clock.
+        .target(name: "SwapfairPolicy", swiftSettings: strict),
+        // C helpers for what Swift cannot call directly (needs _GNU_SOURCE, variadic, macros).
+        .target(name: "CSwapfairShim"),
+        // Typed syscall wrappers shared by the I/O modules.
+        .target(
+            name: "SwapfairSys",
+            dependencies: ["CSwapfairShim", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
+        // A deterministic model of VMs under the policy (tests, the offline demo, benchmarks).
+        .target(name: "SwapfairSimulation", dependencies: ["SwapfairPolicy"], swiftSettings: strict),
+        // A fake cgroup tree for tests and benchmarks (no kernel behind it).
+        .target(name: "SwapfairTestSupport", swiftSettings: strict),
+        // cgroup v2 filesystem access: paths, knob files, statistics parsers.
+        .target(name: "SwapfairCgroup", dependencies: ["SwapfairSys"], swiftSettings: strict),
+        // TOML configuration: parsing, validation, the embedded default.
+        .target(name: "SwapfairConfig", dependencies: ["SwapfairPolicy"], swiftSettings: strict),
+        // The control loop, VM discovery, the control socket.
+        .target(
+            name: "SwapfairDaemon",
+            dependencies: [
+                "SwapfairPolicy", "SwapfairCgroup", "SwapfairConfig", "SwapfairSys",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "swapfaird",
+            dependencies: [
+                "SwapfairDaemon", "SwapfairConfig",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "swapfairctl",
+            dependencies: [
+                "SwapfairDaemon", "SwapfairConfig", "SwapfairPolicy", "SwapfairCgroup", "SwapfairSimulation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation"], swiftSettings: strict),
+        .testTarget(name: "SwapfairConfigTests", dependencies: ["SwapfairConfig"], swiftSettings: strict),
+        .testTarget(name: "SwapfairCgroupTests", dependencies: ["SwapfairCgroup", "SwapfairTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "SwapfairDaemonTests",
+            dependencies: ["SwapfairDaemon", "SwapfairCgroup", "SwapfairConfig", "SwapfairPolicy", "SwapfairTestSupport",
+                           "SwapfairSys", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+    ]
+)

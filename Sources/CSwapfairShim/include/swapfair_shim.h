@@ -1,0 +1,23 @@
+// Small C helpers for what Swift cannot call directly: declarations that need _GNU_SOURCE
+// (which must not be defined in a header Swift imports), variadic functions and macros.
+#ifndef SWAPFAIR_SHIM_H
+#define SWAPFAIR_SHIM_H
+
+#include <stdint.h>
+
+/// The credentials of the process at the other end of a Unix socket (SO_PEERCRED).
+/// Returns 0, or -1 with errno set.
+int swapfair_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// prctl(PR_SET_IO_FLUSHER, 1): the process's I/O may be needed to free memory, so the kernel
+/// must not make its allocations wait on that I/O. Returns 0, or -1 with errno set.
+int swapfair_set_io_flusher(void);
+
+/// O_DIRECT, which differs by architecture and is hidden from Swift's Glibc module.
+int swapfair_o_direct(void);
+
+/// statfs(2)'s f_type for a path (the file system's magic number), which Swift's Glibc module
+/// does not export. Returns 0, or -1 with errno set.
+int swapfair_fs_type(const char *path, int64_t *type);
+
+#endif

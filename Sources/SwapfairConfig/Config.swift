@@ -1,0 +1,119 @@
+import SwapfairPolicy
+
+/// A size as written in the configuration: bytes, or a percentage of something the host knows.
+public enum SizeSpec: Sendable, Equatable, CustomStringConvertible {
+    case bytes(UInt64)
+    case percent(Double)
+
+    public func resolve(against whole: UInt64) -> UInt64 {
+        switch self {
+        case .bytes(let b): return b
+        case .percent(let p): return UInt64(Double(whole) * p / 100)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .bytes(let b): return Format.bytes(b)
+        case .percent(let p): return "\(p)%"
+        }
+    }
+}
+
+/// How the daemon finds a VM's processes.
+public enum VMLocation: Sendable, Equatable, CustomStringConvertible {
+    /// The VM lives in `<slice>/vm-NAME.scope`, a group swapfaird creates; whoever starts the VM
+    /// puts its processes there.
+    case managedScope
+    /// An existing cgroup, adopted as it is (path relative to the cgroup root), e.g. a libvirt scope.
+    case cgroup(String)
+    /// A pid file: swapfaird moves that process into `<slice>/vm-NAME.scope`.
+    case pidFile(String)
+    /// A systemd unit: its cgroup is adopted.
+    case unit(String)
+
+    public var description: String {
+        switch self {
+        case .managedScope: return "managed scope"
+        case .cgroup(let p): return "cgroup \(p)"
+        case .pidFile(let p): return "pid file \(p)"
+        case .unit(let u): return "unit \(u)"
+        }
+    }
+}
+
+/// One `[[vm]]` table.
+public struct VMConfig: Sendable, Equatable {
+    public var name: String
+    public var weight: UInt64
+    public var reservation: SizeSpec
+    public var limit: SizeSpec?
+    public var swapWeight: UInt64
+    public var swapLimit: SizeSpec?
+    public var ioWeight: UInt64?
+    public var location: VMLocation
+    /// Line of the `[[vm]]` header, for messages.
+    public var line: Int
+}
+
+/// The `[host]` table.
+public struct HostConfig: Sendable, Equatable {
+    public var memoryBudget: SizeSpec = .percent(75)
+    public var swapBudget: SizeSpec = .percent(100)
+    /// Control interval in seconds.
+    public var interval: Double = 1
+    /// Share of time stalled that the feedback aims at (0.01 = 1%).
+    public var pressureTarget: Double = 0.01
+    public var idleTax: Double = 0.75
+    public var minimumSize: SizeSpec = .bytes(64 << 20)
+    public var swapHeadroom: SizeSpec = .bytes(64 << 20)
+    public var cgroupRoot: String = "/sys/fs/cgroup"
+    public var slice: String = "swapfair.slice"
+    public var socket: String = "/run/swapfair/swapfaird.sock"
+    /// Group (name or number) also allowed on the control socket besides root.
+    public var socketGroup: String?
+
+    public init() {}
+}
+
+/// What the host has, for resolving percentages.
+public struct HostFacts: Sendable, Equatable {
+    public var memoryTotal: UInt64
+    public var swapTotal: UInt64
+    public init(memoryTotal: UInt64, swapTotal: UInt64) {
+        self.memoryTotal = memoryTotal
+        self.swapTotal = swapTotal
+    }
+}
+
+/// A validated configuration.
+public struct SwapfairConfiguration: Sendable, Equatable {
+    public var host: HostConfig
+    public var vms: [VMConfig]
+    /// Where it came from ("/etc/swapfair/swapfair.toml", or "embedded default").
+    public var source: String
+
+    /// The memory and swap budgets for this host.
+    public func budgets(_ facts: HostFacts) -> (memory: UInt64, swap: UInt64) {
+        (host.memoryBudget.resolve(against: facts.memoryTotal), host.swapBudget.resolve(against: facts.swapTotal))
+    }
+
+    /// The policy's view of the host section.
+    public func hostPolicy(_ facts: HostFacts) -> HostPolicy {
+        let (memory, swap) = budgets(facts)
+        var feedback = FeedbackParameters()
+        feedback.target = host.pressureTarget
+        return HostPolicy(memoryBudget: memory, swapBudget: swap, idleTax: host.idleTax,
+                          minimumSize: host.minimumSize.resolve(against: memory),
+                          swapHeadroom: host.swapHeadroom.resolve(against: swap), feedback: feedback)
+    }
+
+    /// The policy's view of one VM. Percentages of a VM's sizes are of the host's budgets.
+    public func entitlement(_ vm: VMConfig, _ facts: HostFacts) -> VMEntitlement {
+        let (memory, swap) = budgets(facts)
+        return VMEntitlement(name: vm.name, weight: Double(vm.weight),
+                             reservation: vm.reservation.resolve(against: memory),
+                             limit: vm.limit?.resolve(against: memory), swapWeight: Double(vm.swapWeight),
+                             swapLimit: vm.swapLimit?.resolve(against: swap), ioWeight: vm.ioWeight)
+    }
+}

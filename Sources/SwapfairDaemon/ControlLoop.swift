@@ -1,0 +1,290 @@
+import Logging
+import SwapfairCgroup
+import SwapfairConfig
+import SwapfairPolicy
+import Synchronization
+
+/// The daemon's view of one configured VM.
+struct TrackedVM {
+    let config: VMConfig
+    let entitlement: VMEntitlement
+    var group: Cgroup?
+    var owned = false
+    var files: CgroupStatFiles?
+    var state: VMControlState?
+    /// Knob values the group holds, as read on adoption and updated on every write.
+    var applied: [Knob: LimitValue] = [:]
+    /// Why the VM is not managed now (logged when it changes).
+    var absence: String? = "not located yet"
+    var observation: VMObservation?
+    var plan: VMPlan?
+    var events: MemoryEvents?
+    var pressureAvg10: Double?
+}
+
+/// Observe → plan → act, once per tick. Runs on one thread; publishes a status report for the
+/// control socket after every tick.
+public final class ControlLoop {
+    public let configuration: SwapfairConfiguration
+    public let facts: HostFacts
+    public let root: CgroupRoot
+    public let planner: Planner
+    let locator: VMLocator
+    let writer: KnobWriter
+    let logger: Logger
+    public let board: StatusBoard
+    var vms: [TrackedVM]
+    public private(set) var ticks: UInt64 = 0
+    let startTime: Double
+    var lastTickMilliseconds = 0.0
+    /// Writes smaller than this are skipped: the feedback moves in small steps and the kernel
+    /// rounds to pages anyway.
+    let writeThreshold: UInt64 = 256 << 10
+
+    public init(configuration: SwapfairConfiguration, facts: HostFacts, root: CgroupRoot, logger: Logger,
+                writer: KnobWriter = KnobWriter(), board: StatusBoard = StatusBoard(), proc: String = "/proc",
+                now: Double) {
+        self.configuration = configuration
+        self.facts = facts
+        self.root = root
+        self.planner = Planner(configuration.hostPolicy(facts))
+        self.locator = VMLocator(root: root, slice: configuration.host.slice, proc: proc)
+        self.writer = writer
+        self.logger = logger
+        self.board = board
+        self.startTime = now
+        self.vms = configuration.vms.map { TrackedVM(config: $0, entitlement: configuration.entitlement($0, facts)) }
+    }
+
+    /// Names of the VMs under control now.
+    public var runningVMs: [String] { vms.filter { $0.group != nil && $0.observation != nil }.map(\.config.name) }
+
+    /// One control period. `now` is monotonic seconds; `clock` measures the tick's own cost.
+    @discardableResult
+    public func tick(now: Double, clock: () -> Double = { 0 }) -> [VMPlan] {
+        let began = clock()
+        ticks += 1
+        var inputs: [VMInput] = []
+        var indices: [Int] = []
+        for i in vms.indices {
+            locate(i)
+            if vms[i].group != nil, let o = observe(i, now: now) {
+                inputs.append(VMInput(vms[i].entitlement, o, state: vms[i].state))
+                indices.append(i)
+            }
+        }
+        let plans = planner.plan(inputs)
+        for (k, plan) in plans.enumerated() {
+            apply(indices[k], plan)
+        }
+        lastTickMilliseconds = (clock() - began) * 1000
+        board.publish(report(now: now))
+        return plans
+    }
+
+    /// Observe and plan without writing anything (`swapfairctl plan`).
+    public func dryRun(now: Double) -> [VMPlan] {
+        var inputs: [VMInput] = []
+        for i in vms.indices {
+            if vms[i].group == nil, case .found(let g, let owned) = locator.locateExisting(vms[i].config) {
+                vms[i].group = g
+                vms[i].owned = owned
+                vms[i].files = CgroupStatFiles(g)
+            }
+            if vms[i].group != nil, let o = observe(i, now: now) {
+                inputs.append(VMInput(vms[i].entitlement, o, state: vms[i].state))
+            }
+        }
+        return planner.plan(inputs)
+    }
+
+    // MARK: locate
+
+    func locate(_ i: Int) {
+        guard vms[i].group == nil else { return }
+        let name = vms[i].config.name
+        switch locator.locate(vms[i].config) {
+        case .found(let g, let owned):
+            vms[i].group = g
+            vms[i].owned = owned
+            vms[i].files = CgroupStatFiles(g)
+            vms[i].state = nil
+            vms[i].applied = readKnobs(g)
+            vms[i].absence = nil
+            logger.info("VM found: managing its cgroup", metadata: [
+                "vm": "\(name)", "cgroup": "\(g)", "how": "\(vms[i].config.location)",
+                "memory.high": "\(vms[i].applied[.memoryHigh].map { "\($0)" } ?? "?")",
+            ])
+        case .absent(let why):
+            if vms[i].absence != why {
+                logger.notice("VM not running", metadata: ["vm": "\(name)", "reason": "\(why)"])
+                vms[i].absence = why
+            }
+        }
+    }
+
+    func readKnobs(_ g: Cgroup) -> [Knob: LimitValue] {
+        var found: [Knob: LimitValue] = [:]
+        for knob in [Knob.memoryLow, .memoryHigh, .memoryMax, .memorySwapMax] {
+            if let v = try? g.limit(knob) { found[knob] = v }
+        }
+        if let w = try? g.ioWeight() { found[.ioWeight] = .bytes(w) }
+        return found
+    }
+
+    // MARK: observe
+
+    func observe(_ i: Int, now: Double) -> VMObservation? {
+        guard let g = vms[i].group, let files = vms[i].files else { return nil }
+        let name = vms[i].config.name
+        do throws(CgroupError) {
+            // Open files of a removed group can stay readable (always on a test tree), so ask the
+            // directory itself.
+            guard g.exists else { throw .vanished(cgroup: g.description) }
+            let populated = try MemoryStat.parse(try files.read("cgroup.events"), file: "\(g)/cgroup.events")["populated"] != 0
+            if !populated {
+                drop(i, reason: "no processes left in \(g) (the VM exited)", removeGroup: vms[i].config.location != .managedScope)
+                return nil
+            }
+            let stat = try MemoryStat.parse(try files.read("memory.stat"), file: "\(g)/memory.stat")
+            let current = try files.number("memory.current")
+            let swap = (try? files.number("memory.swap.current")) ?? 0
+            let pressure = try? Pressure.parse(try files.read("memory.pressure"), file: "\(g)/memory.pressure")
+            vms[i].events = try? MemoryEvents.parse(try files.read("memory.events"), file: "\(g)/memory.events")
+            vms[i].pressureAvg10 = pressure?.some.avg10
+            let o = VMObservation(
+                time: now, memoryCurrent: current, swapCurrent: swap,
+                memoryHigh: vms[i].applied[.memoryHigh]?.bytes, swapMax: vms[i].applied[.memorySwapMax]?.bytes,
+                pressureSomeTotal: pressure?.some.total ?? 0,
+                activeBytes: stat.activeBytes, inactiveBytes: stat.inactiveBytes,
+                refaultedTotal: stat.refaults * WeightedDivision.page)
+            vms[i].observation = o
+            return o
+        } catch .vanished {
+            drop(i, reason: "its cgroup \(g) vanished", removeGroup: false)
+        } catch {
+            logger.warning("cannot observe VM; skipped this tick", metadata: ["vm": "\(name)", "error": "\(error)"])
+        }
+        return nil
+    }
+
+    func drop(_ i: Int, reason: String, removeGroup: Bool) {
+        let name = vms[i].config.name
+        vms[i].files?.close()
+        if removeGroup, vms[i].owned, let g = vms[i].group {
+            do { try g.remove() } catch {
+                logger.warning("cannot remove group", metadata: ["vm": "\(name)", "error": "\(error)"])
+            }
+        }
+        let wasRunning = vms[i].observation != nil
+        vms[i].group = removeGroup || !vms[i].owned ? nil : vms[i].group
+        if vms[i].group == nil { vms[i].files = nil } else if let g = vms[i].group { vms[i].files = CgroupStatFiles(g) }
+        vms[i].state = nil
+        vms[i].observation = nil
+        vms[i].plan = nil
+        if vms[i].absence != reason {
+            if wasRunning || vms[i].absence == nil {
+                logger.notice("VM dropped", metadata: ["vm": "\(name)", "reason": "\(reason)"])
+            }
+            vms[i].absence = reason
+        }
+    }
+
+    // MARK: act
+
+    func apply(_ i: Int, _ plan: VMPlan) {
+        guard let g = vms[i].group else { return }
+        vms[i].state = plan.state
+        vms[i].plan = plan
+        let name = vms[i].config.name
+        var wanted: [(Knob, LimitValue)] = [
+            (.memoryLow, .bytes(plan.memoryLow)),
+            (.memoryHigh, .bytes(plan.memoryHigh)),
+            (.memorySwapMax, .bytes(plan.swapMax)),
+        ]
+        if let limit = plan.memoryMax { wanted.append((.memoryMax, .bytes(limit))) }
+        if let io = plan.ioWeight { wanted.append((.ioWeight, .bytes(io))) }
+        for (knob, value) in wanted where needsWrite(knob, vms[i].applied[knob], value) {
+            let old = vms[i].applied[knob]
+            let lowers = (knob == .memoryHigh || knob == .memoryMax) && (value.bytes ?? .max) < (old?.bytes ?? .max)
+            switch writer.set(g, knob, value, mayReclaim: lowers) {
+            case .written:
+                vms[i].applied[knob] = value
+                logger.info("\(knob.rawValue) \(show(knob, old)) → \(show(knob, value))", metadata: [
+                    "vm": "\(name)", "why": "\(reason(knob, plan))",
+                ])
+            case .slow:
+                vms[i].applied[knob] = value
+                logger.warning("\(knob.rawValue) write is still reclaiming after \(writer.bound); continuing",
+                               metadata: ["vm": "\(name)"])
+            case .skipped:
+                break
+            case .failed(.vanished):
+                drop(i, reason: "its cgroup \(g) vanished", removeGroup: false)
+                return
+            case .failed(let error):
+                logger.error("cannot set \(knob.rawValue)", metadata: ["vm": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    func needsWrite(_ knob: Knob, _ old: LimitValue?, _ new: LimitValue) -> Bool {
+        guard knob.controller == "memory", let old, let o = old.bytes, let n = new.bytes else { return old != new }
+        return (o > n ? o - n : n - o) >= writeThreshold || (o != n && (n == 0 || o == 0))
+    }
+
+    func show(_ knob: Knob, _ v: LimitValue?) -> String {
+        guard let v else { return "?" }
+        if knob == .ioWeight { return "\(v)" }
+        return v.bytes.map { Format.bytes($0) } ?? "max"
+    }
+
+    func reason(_ knob: Knob, _ p: VMPlan) -> String {
+        switch knob {
+        case .memoryHigh:
+            let lent = p.memoryHigh > p.entitled ? ", \(Format.bytes(p.memoryHigh - p.entitled)) lent" : ""
+            return "entitled \(Format.bytes(p.entitled)) of untaxed \(Format.bytes(p.untaxedShare)) "
+                + "(active \(Format.percent(p.activeFraction))), demand \(Format.bytes(p.demand))\(lent); "
+                + p.decision.summary
+        case .memoryLow: return "reservation"
+        case .memoryMax: return "limit"
+        case .memorySwapMax: return "weighted share of the swap budget"
+        case .ioWeight: return "configured io_weight"
+        }
+    }
+
+    // MARK: status
+
+    public func report(now: Double) -> StatusReport {
+        let policy = planner.host
+        let daemon = StatusReport.Daemon(
+            version: SwapfairVersion.string, pid: currentPID(), config: configuration.source, backend: "cgroupfs",
+            cgroupRoot: root.path, intervalSeconds: configuration.host.interval, ticks: ticks,
+            uptimeSeconds: now - startTime, memoryBudget: policy.memoryBudget, swapBudget: policy.swapBudget,
+            lastTickMilliseconds: lastTickMilliseconds)
+        let rows = vms.map { vm -> StatusReport.VM in
+            let p = vm.plan, o = vm.observation
+            return StatusReport.VM(
+                name: vm.config.name, state: vm.absence ?? "running", cgroup: vm.group?.description,
+                weight: vm.entitlement.weight, reservation: vm.entitlement.reservation, limit: vm.entitlement.limit,
+                demand: p?.demand, entitled: p?.entitled, memoryHigh: vm.applied[.memoryHigh]?.bytes,
+                memoryCurrent: o?.memoryCurrent, swapCurrent: o?.swapCurrent,
+                swapMax: vm.applied[.memorySwapMax]?.bytes, stall: p?.stall, pressureAvg10: vm.pressureAvg10,
+                activeFraction: p?.activeFraction, highEvents: vm.events?.high, oomKills: vm.events?.oomKill,
+                lastDecision: p?.decision.summary)
+        }
+        return StatusReport(daemon: daemon, vms: rows)
+    }
+}
+
+/// The latest status report, shared between the control loop and the socket server.
+public final class StatusBoard: Sendable {
+    private let latest = Mutex<StatusReport?>(nil)
+    public init() {}
+    public func publish(_ r: StatusReport) { latest.withLock { $0 = r } }
+    public var current: StatusReport? { latest.withLock { $0 } }
+}
+
+public enum SwapfairVersion {
+    public static let string = "0.1.0"
+}

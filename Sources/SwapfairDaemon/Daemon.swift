@@ -1,0 +1,63 @@
+import Dispatch
+import Foundation
+import Logging
+import SwapfairCgroup
+import SwapfairConfig
+import SwapfairSys
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Monotonic seconds (`CLOCK_MONOTONIC`).
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// Runs the control loop every interval until SIGTERM or SIGINT, serving the control socket
+/// meanwhile. Stopping leaves every setting as it is; a restart resumes from them.
+public final class Daemon: Sendable {
+    let stopFlag = Mutex<Bool>(false)
+    let wake = DispatchSemaphore(value: 0)
+
+    public init() {}
+
+    public var stopRequested: Bool { stopFlag.withLock { $0 } }
+
+    public func requestStop() {
+        stopFlag.withLock { $0 = true }
+        wake.signal()
+    }
+
+    /// Installs SIGTERM/SIGINT handlers that stop the loop. Keep the returned sources alive.
+    public func handleSignals(logger: Logger) -> [any DispatchSourceSignal] {
+        [SIGTERM, SIGINT].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [self] in
+                logger.notice("stopping on signal \(sig == SIGTERM ? "SIGTERM" : "SIGINT"); settings are left as they are")
+                requestStop()
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    /// The loop itself. `maxTicks` bounds it (tests, `--ticks`).
+    public func run(_ loop: ControlLoop, interval: Double, maxTicks: UInt64? = nil,
+                    afterTick: (ControlLoop) -> Void = { _ in }) {
+        var next = monotonicSeconds()
+        while !stopRequested {
+            loop.tick(now: monotonicSeconds(), clock: monotonicSeconds)
+            afterTick(loop)
+            if let maxTicks, loop.ticks >= maxTicks { break }
+            next += interval
+            let now = monotonicSeconds()
+            if next < now { next = now }  // a slow tick shifts the schedule instead of bunching ticks
+            _ = wake.wait(timeout: .now() + .nanoseconds(Int((next - now) * 1e9)))
+        }
+    }
+}

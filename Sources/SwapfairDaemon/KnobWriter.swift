@@ -1,0 +1,62 @@
+import Dispatch
+import Foundation
+import Synchronization
+import SwapfairCgroup
+
+/// Writes knobs with a time bound on the control loop. Lowering `memory.high` or `memory.max`
+/// below a group's usage can make the writer reclaim synchronously on kernels that ignore
+/// O_NONBLOCK; such a write runs on a thread of its own, the loop waits for it at most `bound`, and
+/// the group gets no new writes until it has finished. Other writes cannot block and run inline.
+public final class KnobWriter: Sendable {
+    public let bound: Duration
+    private let pending = Mutex<Set<String>>([])
+
+    public init(bound: Duration = .milliseconds(250)) { self.bound = bound }
+
+    public enum Result: Sendable, Equatable {
+        case written
+        case failed(CgroupError)
+        /// Still running after the bound; it completes in the background.
+        case slow
+        /// An earlier slow write to this group has not finished.
+        case skipped
+    }
+
+    public func isPending(_ group: Cgroup) -> Bool { pending.withLock { $0.contains(group.path) } }
+
+    /// `mayReclaim`: the write lowers a memory limit (and so may reclaim in the writer).
+    public func set(_ group: Cgroup, _ knob: Knob, _ value: LimitValue, mayReclaim: Bool) -> Result {
+        let key = group.path
+        guard mayReclaim else {
+            if isPending(group) { return .skipped }
+            do { try group.set(knob, value) } catch { return .failed(error) }
+            return .written
+        }
+        let busy = pending.withLock { set in
+            if set.contains(key) { return true }
+            set.insert(key)
+            return false
+        }
+        if busy { return .skipped }
+        let job = Job()
+        // A dedicated thread, not a dispatch queue: a write stuck in reclaim must not take a
+        // worker from a pool the rest of the process relies on.
+        let thread = Thread {
+            let r: Result
+            do throws(CgroupError) { try group.set(knob, value); r = .written } catch { r = .failed(error) }
+            job.result.withLock { $0 = r }
+            self.pending.withLock { _ = $0.remove(key) }
+            job.done.signal()
+        }
+        thread.stackSize = 256 << 10
+        thread.start()
+        let ns = bound.components.seconds * 1_000_000_000 + bound.components.attoseconds / 1_000_000_000
+        if job.done.wait(timeout: .now() + .nanoseconds(Int(ns))) == .timedOut { return .slow }
+        return job.result.withLock { $0 }
+    }
+
+    private final class Job: Sendable {
+        let result = Mutex<Result>(.slow)
+        let done = DispatchSemaphore(value: 0)
+    }
+}

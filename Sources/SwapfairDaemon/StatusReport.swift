@@ -1,0 +1,63 @@
+import Foundation
+import SwapfairPolicy
+
+/// What `swapfairctl status` shows: the daemon's view of every configured VM. Sent as JSON over
+/// the control socket; the field names are the JSON keys (stable, snake_case).
+public struct StatusReport: Codable, Sendable, Equatable {
+    public struct Daemon: Codable, Sendable, Equatable {
+        public var version: String
+        public var pid: Int32
+        public var config: String
+        public var backend: String
+        public var cgroupRoot: String
+        public var intervalSeconds: Double
+        public var ticks: UInt64
+        public var uptimeSeconds: Double
+        public var memoryBudget: UInt64
+        public var swapBudget: UInt64
+        public var lastTickMilliseconds: Double
+    }
+
+    public struct VM: Codable, Sendable, Equatable {
+        public var name: String
+        /// "running", or why it is not managed right now.
+        public var state: String
+        public var cgroup: String?
+        public var weight: Double
+        public var reservation: UInt64
+        public var limit: UInt64?
+        public var demand: UInt64?
+        public var entitled: UInt64?
+        public var memoryHigh: UInt64?
+        public var memoryCurrent: UInt64?
+        public var swapCurrent: UInt64?
+        public var swapMax: UInt64?
+        /// Share of the last period stalled on memory.
+        public var stall: Double?
+        public var pressureAvg10: Double?
+        public var activeFraction: Double?
+        public var highEvents: UInt64?
+        public var oomKills: UInt64?
+        public var lastDecision: String?
+    }
+
+    public var daemon: Daemon
+    public var vms: [VM]
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return e
+    }()
+
+    public func json() -> String {
+        (try? Self.encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+
+    public static func decode(_ data: [UInt8]) throws -> StatusReport {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return try d.decode(StatusReport.self, from: Data(data))
+    }
+}

@@ -1,0 +1,42 @@
+import SwapfairPolicy
+
+/// Renders a status report as a table for a terminal.
+public enum StatusTable {
+    public static func render(_ r: StatusReport) -> String {
+        let d = r.daemon
+        var out = "swapfaird \(d.version) (pid \(d.pid)), \(d.backend) at \(d.cgroupRoot), config \(d.config)\n"
+        out += "budget \(Format.bytes(d.memoryBudget)) RAM, \(Format.bytes(d.swapBudget)) swap; "
+        out += "tick \(String(format: "%.1f", d.intervalSeconds))s, \(d.ticks) ticks, last took "
+        out += String(format: "%.2f ms\n\n", d.lastTickMilliseconds)
+        let header = ["VM", "WEIGHT", "RESERVED", "ENTITLED", "MEMORY.HIGH", "CURRENT", "SWAP / MAX", "STALL", "ACTIVE"]
+        var rows: [[String]] = []
+        for vm in r.vms {
+            if vm.state != "running" {
+                rows.append([vm.name, weight(vm.weight), Format.bytes(vm.reservation), "-", "-", "-", "-", "-",
+                             "(\(vm.state))"])
+                continue
+            }
+            rows.append([
+                vm.name, weight(vm.weight), Format.bytes(vm.reservation), opt(vm.entitled), opt(vm.memoryHigh),
+                opt(vm.memoryCurrent), "\(opt(vm.swapCurrent)) / \(opt(vm.swapMax))",
+                vm.stall.map { Format.percent($0) } ?? "-", vm.activeFraction.map { Format.percent($0) } ?? "-",
+            ])
+        }
+        return out + table(header, rows)
+    }
+
+    static func weight(_ w: Double) -> String { w == w.rounded() ? String(Int(w)) : String(format: "%.1f", w) }
+    static func opt(_ b: UInt64?) -> String { b.map { Format.bytes($0) } ?? "-" }
+
+    /// Left-aligned first column, right-aligned numbers, two spaces between columns.
+    public static func table(_ header: [String], _ rows: [[String]]) -> String {
+        let all = [header] + rows
+        let widths = header.indices.map { c in all.map { $0.indices.contains(c) ? $0[c].count : 0 }.max() ?? 0 }
+        return all.map { row in
+            row.enumerated().map { c, cell in
+                let pad = String(repeating: " ", count: max(0, widths[c] - cell.count))
+                return c == 0 || c == row.count - 1 && cell.hasPrefix("(") ? cell + pad : pad + cell
+            }.joined(separator: "  ")
+        }.joined(separator: "\n") + "\n"
+    }
+}

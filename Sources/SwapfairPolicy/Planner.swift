@@ -1,0 +1,251 @@
+/// Host-wide policy parameters (from the `[host]` table of the configuration).
+public struct HostPolicy: Sendable, Equatable {
+    /// RAM that the managed VMs may use in total.
+    public var memoryBudget: UInt64
+    /// Swap that the managed VMs may use in total.
+    public var swapBudget: UInt64
+    /// ESX idle memory tax rate τ in [0, 1): idle memory costs 1/(1−τ) times as many shares.
+    public var idleTax: Double
+    /// A VM's demand is never probed below this (nor below its reservation).
+    public var minimumSize: UInt64
+    /// Least free swap kept for a VM beyond what it uses, so it can start swapping at once.
+    public var swapHeadroom: UInt64
+    public var feedback: FeedbackParameters
+    public var activity: ActivityEstimator
+
+    public init(memoryBudget: UInt64, swapBudget: UInt64, idleTax: Double = 0.75,
+                minimumSize: UInt64 = 64 << 20, swapHeadroom: UInt64 = 64 << 20,
+                feedback: FeedbackParameters = FeedbackParameters(),
+                activity: ActivityEstimator = ActivityEstimator()) {
+        self.memoryBudget = memoryBudget
+        self.swapBudget = swapBudget
+        self.idleTax = idleTax
+        self.minimumSize = minimumSize
+        self.swapHeadroom = swapHeadroom
+        self.feedback = feedback
+        self.activity = activity
+    }
+}
+
+/// What a VM is entitled to (from its `[[vm]]` table).
+public struct VMEntitlement: Sendable, Equatable {
+    public var name: String
+    public var weight: Double
+    /// Protected memory (`memory.low`).
+    public var reservation: UInt64
+    /// Hard memory limit (`memory.max`); nil for none.
+    public var limit: UInt64?
+    public var swapWeight: Double
+    /// Hard swap limit; nil for none beyond the swap budget.
+    public var swapLimit: UInt64?
+    /// `io.weight` (1–10000); nil leaves it alone.
+    public var ioWeight: UInt64?
+
+    public init(name: String, weight: Double = 100, reservation: UInt64 = 0, limit: UInt64? = nil,
+                swapWeight: Double? = nil, swapLimit: UInt64? = nil, ioWeight: UInt64? = nil) {
+        self.name = name
+        self.weight = weight
+        self.reservation = reservation
+        self.limit = limit
+        self.swapWeight = swapWeight ?? weight
+        self.swapLimit = swapLimit
+        self.ioWeight = ioWeight
+    }
+}
+
+/// One reading of a VM's cgroup.
+public struct VMObservation: Sendable, Equatable {
+    /// Monotonic time of the reading, in seconds.
+    public var time: Double
+    public var memoryCurrent: UInt64
+    public var swapCurrent: UInt64
+    /// `memory.high` as found (nil for "max").
+    public var memoryHigh: UInt64?
+    /// `memory.swap.max` as found (nil for "max").
+    public var swapMax: UInt64?
+    /// `memory.pressure` "some" total, in microseconds.
+    public var pressureSomeTotal: UInt64
+    public var activeBytes: UInt64
+    public var inactiveBytes: UInt64
+    /// Cumulative refaulted bytes (`workingset_refault_*` × page size).
+    public var refaultedTotal: UInt64
+    public var sampledActiveFraction: Double?
+
+    public init(time: Double, memoryCurrent: UInt64, swapCurrent: UInt64 = 0, memoryHigh: UInt64? = nil,
+                swapMax: UInt64? = nil, pressureSomeTotal: UInt64 = 0, activeBytes: UInt64 = 0,
+                inactiveBytes: UInt64 = 0, refaultedTotal: UInt64 = 0, sampledActiveFraction: Double? = nil) {
+        self.time = time
+        self.memoryCurrent = memoryCurrent
+        self.swapCurrent = swapCurrent
+        self.memoryHigh = memoryHigh
+        self.swapMax = swapMax
+        self.pressureSomeTotal = pressureSomeTotal
+        self.activeBytes = activeBytes
+        self.inactiveBytes = inactiveBytes
+        self.refaultedTotal = refaultedTotal
+        self.sampledActiveFraction = sampledActiveFraction
+    }
+}
+
+/// What the planner remembers about a VM between ticks.
+public struct VMControlState: Sendable, Equatable, Codable {
+    public var feedback: PressureFeedback.State
+    public var activity: ActivityEstimator.State
+    public var time: Double
+    public var pressureSomeTotal: UInt64
+    public var refaultedTotal: UInt64
+
+    public init(feedback: PressureFeedback.State, activity: ActivityEstimator.State, time: Double,
+                pressureSomeTotal: UInt64, refaultedTotal: UInt64) {
+        self.feedback = feedback
+        self.activity = activity
+        self.time = time
+        self.pressureSomeTotal = pressureSomeTotal
+        self.refaultedTotal = refaultedTotal
+    }
+}
+
+public struct VMInput: Sendable, Equatable {
+    public var entitlement: VMEntitlement
+    public var observation: VMObservation
+    /// nil on the first tick for this VM (new VM, or a daemon restart).
+    public var state: VMControlState?
+
+    public init(_ entitlement: VMEntitlement, _ observation: VMObservation, state: VMControlState? = nil) {
+        self.entitlement = entitlement
+        self.observation = observation
+        self.state = state
+    }
+}
+
+/// The settings planned for one VM, with the intermediate figures that explain them.
+public struct VMPlan: Sendable, Equatable {
+    public var name: String
+    /// What the pressure feedback says the VM needs.
+    public var demand: UInt64
+    public var activeFraction: Double
+    /// Share of the last period stalled on memory; nil on the first tick.
+    public var stall: Double?
+    public var decision: FeedbackDecision
+    /// Weighted share before the idle tax.
+    public var untaxedShare: UInt64
+    /// Least the VM keeps under the tax: its active share and (1−τ) of its idle share.
+    public var taxFloor: UInt64
+    /// The VM's entitlement after the tax: its target.
+    public var entitled: UInt64
+    public var memoryHigh: UInt64
+    public var memoryLow: UInt64
+    public var memoryMax: UInt64?
+    public var swapMax: UInt64
+    public var ioWeight: UInt64?
+    public var state: VMControlState
+}
+
+/// The whole policy, one tick at a time: observations in, settings out.
+///
+/// 1. Pressure feedback turns each VM's stall into a *demand*.
+/// 2. RAM: the budget is divided by weight among demands (work conserving), with reservations as
+///    floors and limits as ceilings; then again with the idle tax applied to the weights, never
+///    taking more than τ of a VM's idle share. That is the VM's entitlement (its target).
+/// 3. Whatever no VM demands is lent out by weight up to the limits: `memory.high` = entitlement
+///    plus the loan, so memory that nobody needs is not pushed to swap.
+/// 4. Swap: the swap budget is divided by swap weight, each VM's share capped at what it uses plus
+///    headroom (the rest is lent), never below what it already uses.
+public struct Planner: Sendable {
+    public var host: HostPolicy
+
+    public init(_ host: HostPolicy) { self.host = host }
+
+    public func plan(_ inputs: [VMInput]) -> [VMPlan] {
+        let budget = host.memoryBudget
+        let feedback = PressureFeedback(host.feedback)
+        let tax = min(max(host.idleTax, 0), 0.99)
+
+        // 1. Feedback and activity per VM.
+        var steps: [(demand: UInt64, fraction: Double, stall: Double?, decision: FeedbackDecision,
+                     state: VMControlState)] = []
+        steps.reserveCapacity(inputs.count)
+        for input in inputs {
+            let e = input.entitlement, o = input.observation
+            let ceiling = min(e.limit ?? budget, budget)
+            let reservation = min(e.reservation, ceiling)
+            let floor = max(reservation, min(host.minimumSize, ceiling))
+            let previous = input.state
+            let elapsed = previous.map { o.time - $0.time } ?? 0
+            var stall: Double?
+            var refaulted: UInt64 = 0
+            if let previous, elapsed > 0,
+               o.pressureSomeTotal >= previous.pressureSomeTotal, o.refaultedTotal >= previous.refaultedTotal {
+                stall = min(1, Double(o.pressureSomeTotal - previous.pressureSomeTotal) / (elapsed * 1e6))
+                refaulted = o.refaultedTotal - previous.refaultedTotal
+            }
+            let sample = ActivitySample(activeBytes: o.activeBytes, inactiveBytes: o.inactiveBytes,
+                                        refaultedBytes: refaulted, sampledActiveFraction: o.sampledActiveFraction)
+            let (fraction, activity) = host.activity.update(previous?.activity, sample: sample, elapsed: elapsed)
+            // A restart resumes from the limit it finds instead of jumping.
+            let start = previous?.feedback
+                ?? PressureFeedback.State(demand: o.memoryHigh.map { min($0, ceiling) } ?? max(o.memoryCurrent, reservation))
+            let (fb, decision) = feedback.step(start, usage: o.memoryCurrent, stall: previous == nil ? nil : stall,
+                                               floor: floor, ceiling: ceiling)
+            let state = VMControlState(feedback: fb, activity: activity, time: o.time,
+                                       pressureSomeTotal: o.pressureSomeTotal, refaultedTotal: o.refaultedTotal)
+            steps.append((fb.demand, fraction, stall, decision, state))
+        }
+
+        // 2. RAM entitlement: plain weights, then taxed weights with the tax floor.
+        let ceilings = inputs.map { min($0.entitlement.limit ?? budget, budget) }
+        let reservations = inputs.indices.map { min(inputs[$0].entitlement.reservation, ceilings[$0]) }
+        let caps = inputs.indices.map { max(reservations[$0], min(steps[$0].demand, ceilings[$0])) }
+        let untaxed = WeightedDivision.divide(budget, among: inputs.indices.map {
+            Claim(weight: inputs[$0].entitlement.weight, floor: reservations[$0], ceiling: caps[$0])
+        })
+        let k = 1 / (1 - tax)
+        var taxFloors: [UInt64] = []
+        var taxed: [Claim] = []
+        for i in inputs.indices {
+            let f = steps[i].fraction
+            let kept = f + (1 - tax) * (1 - f)  // all of the active share, (1−τ) of the idle share
+            let taxFloor = max(reservations[i], UInt64(Double(untaxed[i]) * kept))
+            taxFloors.append(taxFloor)
+            taxed.append(Claim(weight: inputs[i].entitlement.weight / (f + k * (1 - f)),
+                               floor: taxFloor, ceiling: caps[i]))
+        }
+        let entitled = WeightedDivision.divide(budget, among: taxed)
+
+        // 3. Lend what nobody demands, by weight, up to each limit.
+        let high = WeightedDivision.divide(budget, among: inputs.indices.map {
+            Claim(weight: inputs[$0].entitlement.weight, floor: entitled[$0], ceiling: ceilings[$0])
+        })
+
+        // 4. Swap.
+        let swap = planSwap(inputs)
+
+        return inputs.indices.map { i in
+            let e = inputs[i].entitlement
+            return VMPlan(name: e.name, demand: steps[i].demand, activeFraction: steps[i].fraction,
+                          stall: steps[i].stall, decision: steps[i].decision, untaxedShare: untaxed[i],
+                          taxFloor: taxFloors[i], entitled: entitled[i], memoryHigh: high[i],
+                          memoryLow: reservations[i], memoryMax: e.limit, swapMax: swap[i],
+                          ioWeight: e.ioWeight, state: steps[i].state)
+        }
+    }
+
+    /// Swap division: by swap weight, each VM capped at its use plus headroom (at least half its
+    /// fair share stays free for it, the rest is lent), and never cut below what it already uses,
+    /// because swapped pages cannot be taken back on demand.
+    func planSwap(_ inputs: [VMInput]) -> [UInt64] {
+        let budget = host.swapBudget
+        let limits = inputs.map { min($0.entitlement.swapLimit ?? budget, budget) }
+        let fair = WeightedDivision.divide(budget, among: inputs.indices.map {
+            Claim(weight: inputs[$0].entitlement.swapWeight, ceiling: limits[$0])
+        })
+        let claims = inputs.indices.map { i -> Claim in
+            let o = inputs[i].observation
+            let floor = min(o.swapCurrent, o.swapMax ?? o.swapCurrent)
+            let headroom = max(host.swapHeadroom, fair[i] / 2)
+            let cap = min(limits[i], o.swapCurrent &+ headroom)
+            return Claim(weight: inputs[i].entitlement.swapWeight, floor: floor, ceiling: max(floor, cap))
+        }
+        return WeightedDivision.divide(budget, among: claims)
+    }
+}

@@ -1,0 +1,102 @@
+import CSwapfairShim
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Whole-file reads and writes for small kernel interface files (cgroupfs, procfs), with typed errors.
+public enum FileAccess {
+    /// Reads a small file completely. The corresponding C functions are `open` and `read`.
+    public static func read(_ path: String, limit: Int = 1 << 20) throws(SysError) -> String {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec], retryOnInterrupt: true)
+        } catch {
+            throw SysError("open", path, Errno(error))
+        }
+        defer { try? fd.close() }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while out.count < limit {
+            let n: Int
+            do {
+                n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
+            } catch {
+                throw SysError("read", path, Errno(error))
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Writes `text` with one `write` call, as cgroupfs wants. `nonBlocking` opens with O_NONBLOCK,
+    /// which recent kernels honour for `memory.high`/`memory.max` (no synchronous reclaim in the writer).
+    /// The corresponding C functions are `open` and `write`.
+    public static func write(_ path: String, _ text: String, nonBlocking: Bool = false) throws(SysError) {
+        let fd: FileDescriptor
+        do {
+            // O_TRUNC as a shell redirection does: kernfs ignores it, a regular file (a test tree) needs it.
+            var options: FileDescriptor.OpenOptions = [.closeOnExec, .truncate]
+            if nonBlocking { options.insert(.nonBlocking) }
+            fd = try FileDescriptor.open(FilePath(path), .writeOnly, options: options, retryOnInterrupt: true)
+        } catch {
+            throw SysError("open", path, Errno(error))
+        }
+        defer { try? fd.close() }
+        let bytes = Array(text.utf8)
+        do {
+            let n = try bytes.withUnsafeBytes { try fd.write($0, retryOnInterrupt: true) }
+            if n != bytes.count { throw SysError("write", path, .ioError) }
+        } catch let e as SysError {
+            throw e
+        } catch let e as Errno {
+            throw SysError("write", path, e)
+        } catch {
+            throw SysError("write", path, .ioError)
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// Creates a directory; succeeds if it exists. The corresponding C function is `mkdir`.
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o755) throws(SysError) {
+        if mkdir(path, mode) != 0 {
+            let e = Errno(rawValue: errno)
+            if e == .fileExists && isDirectory(path) { return }
+            throw SysError("mkdir", path, e)
+        }
+    }
+
+    /// Removes an empty directory. The corresponding C function is `rmdir`.
+    public static func removeDirectory(_ path: String) throws(SysError) {
+        if rmdir(path) != 0 { throw SysError("rmdir", path, Errno(rawValue: errno)) }
+    }
+
+    /// Names in a directory, without "." and "..". The corresponding C functions are `opendir`/`readdir`.
+    public static func list(_ path: String) throws(SysError) -> [String] {
+        guard let dir = opendir(path) else { throw SysError("opendir", path, Errno(rawValue: errno)) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// The file system type magic of the file system holding `path` (`statfs`'s `f_type`).
+    public static func fileSystemType(_ path: String) throws(SysError) -> Int {
+        var type: Int64 = 0
+        if swapfair_fs_type(path, &type) != 0 { throw SysError("statfs", path, Errno(rawValue: errno)) }
+        return Int(type)
+    }
+}

@@ -1,0 +1,102 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SwapfairCgroup
+import SwapfairConfig
+import SwapfairDaemon
+import SwapfairSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Swapfaird: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swapfaird",
+        abstract: "Divides a host's RAM and swap between VMs by weight, reservation and limit, "
+            + "driven by memory pressure (cgroup v2).")
+
+    @Option(name: .long, help: "Configuration file (default: \(ConfigLoader.defaultPath) if it exists, else the embedded default).")
+    var config: String?
+
+    @Option(name: .long, help: "cgroup v2 root (overrides host.cgroup_root).")
+    var cgroupRoot: String?
+
+    @Option(name: .long, help: "Control socket path (overrides host.socket).")
+    var socket: String?
+
+    @Option(name: .long, help: "Stop after this many ticks.")
+    var ticks: UInt64?
+
+    @Option(name: .long, help: "Log level: debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    @Flag(name: .long, help: "Accept a cgroup root that is not a mounted cgroup2 file system (tests, fake trees).")
+    var allowFakeRoot = false
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { _ in LineLogHandler(level: level) }
+        let logger = Logger(label: "swapfaird")
+
+        let facts: HostFacts
+        do { facts = try HostFactsReader.read() } catch { fail("cannot read the host's memory size: \(error)") }
+        var configuration: SwapfairConfiguration
+        do { configuration = try ConfigSource.load(explicit: config, facts: facts) } catch {
+            fail("the configuration is invalid; not starting:\n\(error)")
+        }
+        if let cgroupRoot { configuration.host.cgroupRoot = cgroupRoot }
+        if let socket { configuration.host.socket = socket }
+
+        let root: CgroupRoot
+        do {
+            root = try CgroupRoot.open(configuration.host.cgroupRoot, requireCgroup2FileSystem: !allowFakeRoot)
+            let controllers = try root.controllers()
+            guard controllers.contains("memory") else {
+                throw CgroupError.controllerMissing(controller: "memory", cgroup: configuration.host.cgroupRoot)
+            }
+        } catch {
+            fail("\(error)")
+        }
+
+        let budgets = configuration.budgets(facts)
+        logger.notice("starting", metadata: [
+            "config": "\(configuration.source)", "backend": "cgroupfs", "root": "\(root.path)",
+            "vms": "\(configuration.vms.count)", "memory_budget": "\(budgets.memory)", "swap_budget": "\(budgets.swap)",
+        ])
+        let board = StatusBoard()
+        let loop = ControlLoop(configuration: configuration, facts: facts, root: root, logger: logger, board: board,
+                               now: monotonicSeconds())
+        let daemon = Daemon()
+        let signals = daemon.handleSignals(logger: logger)
+
+        var group: UInt32?
+        if let name = configuration.host.socketGroup {
+            group = UInt32(name) ?? getgrnam(name).map { $0.pointee.gr_gid }
+            if group == nil { logger.warning("socket_group \(name) does not exist; root only") }
+        }
+        let server: ControlServer?
+        do {
+            server = try ControlServer(path: configuration.host.socket, board: board, allowedGroup: group, logger: logger)
+        } catch {
+            logger.error("control socket unavailable; running without it", metadata: ["error": "\(error)"])
+            server = nil
+        }
+        if let server {
+            let thread = Thread { server.serve() }
+            thread.name = "control-socket"
+            thread.start()
+        }
+        daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks)
+        server?.stop()
+        withExtendedLifetime(signals) {}
+        logger.notice("stopped", metadata: ["ticks": "\(loop.ticks)"])
+    }
+
+    func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("swapfaird: \(message)\n".utf8))
+        Foundation.exit(1)
+    }
+}
+
+Swapfaird.main()

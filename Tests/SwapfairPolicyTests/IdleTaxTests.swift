@@ -1,0 +1,60 @@
+import Testing
+@testable import SwapfairPolicy
+
+@Suite struct IdleTaxTests {
+    func twoVMs(idleFraction: Double, tax: Double) -> [VMPlan] {
+        let budget = 4 * GiB
+        let idle = VMInput(VMEntitlement(name: "idle"), VMObservation(
+            time: 0, memoryCurrent: budget, memoryHigh: budget, activeBytes: UInt64(Double(budget) * idleFraction),
+            inactiveBytes: budget - UInt64(Double(budget) * idleFraction)))
+        let busy = VMInput(VMEntitlement(name: "busy"), VMObservation(
+            time: 0, memoryCurrent: budget, memoryHigh: budget, activeBytes: budget))
+        return Planner(HostPolicy(memoryBudget: budget, swapBudget: 0, idleTax: tax)).plan([idle, busy])
+    }
+
+    @Test func anIdleVMYieldsMemoryToABusyOneOfEqualWeight() {
+        let p = twoVMs(idleFraction: 0, tax: 0.75)
+        #expect(p[0].entitled < p[1].entitled)
+        // ESX with τ = 0.75: idle pages cost 4x, so the split is 1:4 of the 4 GiB.
+        #expect(abs(Double(p[0].entitled) - 0.8 * Double(GiB)) <= Double(page))
+        // It keeps at least (1 − τ) of its idle half.
+        #expect(p[0].entitled >= 2 * GiB / 4)
+    }
+
+    @Test func withoutTaxIdleAndBusyShareEqually() {
+        let p = twoVMs(idleFraction: 0, tax: 0)
+        #expect(p[0].entitled == p[1].entitled)
+    }
+
+    @Test func aPartlyActiveVMKeepsItsActiveShareAndPartOfItsIdleShare() {
+        let p = twoVMs(idleFraction: 0.5, tax: 0.75)
+        // untaxed 2 GiB: 1 GiB active kept, at least 25% of the idle 1 GiB kept.
+        #expect(p[0].entitled >= 1 * GiB + GiB / 4 - page)
+        #expect(p[0].entitled < 2 * GiB)
+    }
+
+    @Test(arguments: [0.0, 0.25, 0.5, 0.75, 0.9])
+    func moreTaxNeverGivesTheIdleVMMore(tax: Double) {
+        let lower = twoVMs(idleFraction: 0.2, tax: max(0, tax - 0.2))[0].entitled
+        let higher = twoVMs(idleFraction: 0.2, tax: tax)[0].entitled
+        #expect(higher <= lower + page)
+    }
+
+    @Test func theEstimatorRisesAtOnceAndFallsSlowly() {
+        let e = ActivityEstimator()
+        var (f, state) = e.update(nil, sample: ActivitySample(activeBytes: 100, inactiveBytes: 0), elapsed: 0)
+        #expect(f == 1)
+        for _ in 0..<5 { (f, state) = e.update(state, sample: ActivitySample(activeBytes: 0, inactiveBytes: 100), elapsed: 1) }
+        #expect(f > 0.4)  // five idle seconds do not make a VM idle
+        for _ in 0..<300 { (f, state) = e.update(state, sample: ActivitySample(activeBytes: 0, inactiveBytes: 100), elapsed: 1) }
+        #expect(f < 0.01)
+        (f, state) = e.update(state, sample: ActivitySample(activeBytes: 90, inactiveBytes: 10), elapsed: 1)
+        #expect(f >= 0.9)  // busy again: at once
+    }
+
+    @Test func refaultsCountAsActive() {
+        let e = ActivityEstimator()
+        let f = e.rawFraction(ActivitySample(activeBytes: 0, inactiveBytes: 100, refaultedBytes: 60))
+        #expect(f == 0.6)
+    }
+}
