@@ -66,6 +66,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // Benchmarks/: `swift run -c release swapfair-tick-bench`.
+        .executableTarget(
+            name: "swapfair-tick-bench",
+            dependencies: [
+                "SwapfairDaemon", "SwapfairConfig", "SwapfairPolicy", "SwapfairCgroup", "SwapfairTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/TickBenchmark",
+            swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation"], swiftSettings: strict),
         .testTarget(name: "SwapfairConfigTests", dependencies: ["SwapfairConfig"], swiftSettings: strict),
         .testTarget(name: "SwapfairCgroupTests", dependencies: ["SwapfairCgroup", "SwapfairTestSupport"], swiftSettings: strict),

@@ -18,23 +18,14 @@ public final class CgroupStatFiles {
         fds.removeAll()
     }
 
-    /// Reads a file of the group, opening it on first use. The corresponding C function is `pread`.
-    public func read(_ file: String) throws(CgroupError) -> String {
-        let fd: FileDescriptor
-        if let open = fds[file] {
-            fd = open
-        } else {
-            do {
-                fd = try FileDescriptor.open(FilePath(group.path + "/" + file), .readOnly, options: [.closeOnExec])
-            } catch {
-                throw group.classify(SysError("open", group.path + "/" + file, Errno(error)), file: file,
-                                     controller: Cgroup.controller(of: file))
-            }
-            fds[file] = fd
-        }
+    /// Reads a file of the group, opening it on first use, and hands its bytes to `body`.
+    /// One `pread` at offset 0 returns a whole cgroup file when it fits the buffer (kernfs
+    /// produces these files in one go); only a full buffer makes it read on.
+    /// The corresponding C function is `pread`.
+    public func withBytes<R>(_ file: String, _ body: (UnsafeRawBufferPointer) throws(CgroupError) -> R) throws(CgroupError) -> R {
+        let fd = try descriptor(file)
         var total = 0
         while true {
-            if total == buffer.count { buffer.append(contentsOf: repeatElement(0, count: buffer.count)) }
             let n: Int
             do {
                 n = try buffer.withUnsafeMutableBytes { raw in
@@ -50,17 +41,33 @@ public final class CgroupStatFiles {
                 if error == .operationNotSupportedByDevice || !group.exists { throw .vanished(cgroup: group.description) }
                 throw .system(SysError("read", group.path + "/" + file, error))
             }
-            if n == 0 { break }
             total += n
+            if total < buffer.count { break }
+            buffer.append(contentsOf: repeatElement(0, count: buffer.count))
         }
-        return String(decoding: buffer[0..<total], as: UTF8.self)
+        let result = buffer.withUnsafeBytes { raw in
+            Result { () throws(CgroupError) -> R in try body(UnsafeRawBufferPointer(rebasing: raw[0..<total])) }
+        }
+        return try result.get()
+    }
+
+    func descriptor(_ file: String) throws(CgroupError) -> FileDescriptor {
+        if let open = fds[file] { return open }
+        do {
+            let fd = try FileDescriptor.open(FilePath(group.path + "/" + file), .readOnly, options: [.closeOnExec])
+            fds[file] = fd
+            return fd
+        } catch {
+            throw group.classify(SysError("open", group.path + "/" + file, Errno(error)), file: file,
+                                 controller: Cgroup.controller(of: file))
+        }
+    }
+
+    public func read(_ file: String) throws(CgroupError) -> String {
+        try withBytes(file) { String(decoding: $0, as: UTF8.self) }
     }
 
     public func number(_ file: String) throws(CgroupError) -> UInt64 {
-        let t = try read(file)
-        guard let v = UInt64(t.split(separator: "\n").first ?? "") else {
-            throw .malformed(file: "\(group)/\(file)", line: 1, text: String(t.prefix(80)))
-        }
-        return v
+        try withBytes(file) { b throws(CgroupError) in try FastParse.number(b, file: "\(group)/\(file)") }
     }
 }

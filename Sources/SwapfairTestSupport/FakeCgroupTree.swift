@@ -5,10 +5,11 @@ import Foundation
 public final class FakeCgroupTree {
     public let path: String
 
-    /// Creates a root with the usual controllers in a fresh temporary directory.
-    public init(controllers: String = "cpuset cpu io memory hugetlb pids rdma misc") throws {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("swapfair-fake-\(UUID().uuidString)")
-        path = base.path
+    /// Creates a root with the usual controllers in a fresh directory under `base` (default: the
+    /// temporary directory).
+    public init(controllers: String = "cpuset cpu io memory hugetlb pids rdma misc", base: String? = nil) throws {
+        let parent = base ?? FileManager.default.temporaryDirectory.path
+        path = parent + "/swapfair-fake-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         try write("", "cgroup.controllers", controllers)
         try write("", "cgroup.subtree_control", "")
