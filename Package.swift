@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "swapfaird", targets: ["swapfaird"]),
         .executable(name: "swapfairctl", targets: ["swapfairctl"]),
+        .executable(name: "swapfair-loadgen", targets: ["swapfair-loadgen"]),
         .library(name: "SwapfairPolicy", targets: ["SwapfairPolicy"]),
         .library(name: "SwapfairCgroup", targets: ["SwapfairCgroup"]),
         .library(name: "SwapfairConfig", targets: ["SwapfairConfig"]),
@@ -65,6 +66,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strict),
+        // A VM stand-in workload for the lab tests, the demo and the benchmarks.
+        .executableTarget(
+            name: "swapfair-loadgen",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
         // Benchmarks/: `swift run -c release swapfair-tick-bench`.
         .executableTarget(
