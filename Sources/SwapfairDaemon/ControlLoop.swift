@@ -110,7 +110,7 @@ public final class ControlLoop {
             vms[i].files = CgroupStatFiles(g)
             vms[i].state = nil
             vms[i].applied = readKnobs(g)
-            vms[i].absence = nil
+            vms[i].absence = "located, no processes yet"
             logger.info("VM found: managing its cgroup", metadata: [
                 "vm": "\(name)", "cgroup": "\(g)", "how": "\(vms[i].config.location)",
                 "memory.high": "\(vms[i].applied[.memoryHigh].map { "\($0)" } ?? "?")",
@@ -145,7 +145,10 @@ public final class ControlLoop {
                 try FastParse.keyed(b, "populated", file: "\(g)/cgroup.events")
             }
             if populated == 0 {
-                drop(i, reason: "no processes left in \(g) (the VM exited)", removeGroup: vms[i].config.location != .managedScope)
+                // A pid-file VM's scope is swapfair's own and goes with the process; an adopted or
+                // managed group stays and is watched until processes are placed in it again.
+                let pidFile = if case .pidFile = vms[i].config.location { true } else { false }
+                drop(i, reason: "no processes in \(g)", removeGroup: pidFile, forget: pidFile)
                 return nil
             }
             let stat = try files.withBytes("memory.stat") { b throws(CgroupError) in
@@ -169,32 +172,44 @@ public final class ControlLoop {
                 activeBytes: stat.activeBytes, inactiveBytes: stat.inactiveBytes,
                 refaultedTotal: stat.refaults * WeightedDivision.page)
             vms[i].observation = o
+            if vms[i].absence != nil {
+                if vms[i].absence != "located, no processes yet" {
+                    logger.notice("VM running again", metadata: ["vm": "\(name)", "cgroup": "\(g)"])
+                }
+                vms[i].absence = nil
+            }
             return o
         } catch .vanished {
-            drop(i, reason: "its cgroup \(g) vanished", removeGroup: false)
+            drop(i, reason: "its cgroup \(g) vanished", removeGroup: false, forget: true)
         } catch {
             logger.warning("cannot observe VM; skipped this tick", metadata: ["vm": "\(name)", "error": "\(error)"])
         }
         return nil
     }
 
-    func drop(_ i: Int, reason: String, removeGroup: Bool) {
+    /// Stops managing a VM for now. `forget`: the group is gone (or was ours and is removed), so the
+    /// VM must be located again; otherwise the group is kept and watched until processes return.
+    func drop(_ i: Int, reason: String, removeGroup: Bool, forget: Bool) {
         let name = vms[i].config.name
-        vms[i].files?.close()
         if removeGroup, vms[i].owned, let g = vms[i].group {
             do { try g.remove() } catch {
                 logger.warning("cannot remove group", metadata: ["vm": "\(name)", "error": "\(error)"])
             }
         }
+        if forget || removeGroup {
+            vms[i].files?.close()
+            vms[i].files = nil
+            vms[i].group = nil
+        }
         let wasRunning = vms[i].observation != nil
-        vms[i].group = removeGroup || !vms[i].owned ? nil : vms[i].group
-        if vms[i].group == nil { vms[i].files = nil } else if let g = vms[i].group { vms[i].files = CgroupStatFiles(g) }
         vms[i].state = nil
         vms[i].observation = nil
         vms[i].plan = nil
         if vms[i].absence != reason {
-            if wasRunning || vms[i].absence == nil {
+            if wasRunning {
                 logger.notice("VM dropped", metadata: ["vm": "\(name)", "reason": "\(reason)"])
+            } else {
+                logger.notice("VM not running", metadata: ["vm": "\(name)", "reason": "\(reason)"])
             }
             vms[i].absence = reason
         }
@@ -230,7 +245,7 @@ public final class ControlLoop {
             case .skipped:
                 break
             case .failed(.vanished):
-                drop(i, reason: "its cgroup \(g) vanished", removeGroup: false)
+                drop(i, reason: "its cgroup \(g) vanished", removeGroup: false, forget: true)
                 return
             case .failed(let error):
                 logger.error("cannot set \(knob.rawValue)", metadata: ["vm": "\(name)", "error": "\(error)"])

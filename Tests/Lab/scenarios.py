@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""swapfair's end-to-end scenarios on a real kernel (run inside the lab guest).
+
+    python3 Tests/Lab/scenarios.py [SCENARIO ...]     # default: all
+
+Each scenario runs the real swapfaird against swapfair-loadgen stand-ins in their own cgroups,
+prints its figures, and checks measured outcomes. The last line is "lab: N passed, M failed".
+A parent group lab.slice with memory.max = the budget plays the host's RAM in every mode.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labkit import (MiB, Checks, Daemon, Sampler, StandIn, cg_kill_and_remove, cg_make, cg_read, cg_write,
+                    cg_sample, log, mib, table, wait_filled)
+
+HOST = "lab.slice"
+
+
+def host(budget):
+    """A fresh lab.slice playing a host whose VMs may use `budget` bytes of RAM. Its memory.max is
+    10% above that: a host keeps some RAM beyond what its VMs are given."""
+    cg_kill_and_remove(HOST)
+    cg_make(HOST)
+    cg_write(HOST, "memory.max", int(budget * 1.1))
+    return HOST
+
+
+def vm_config(budget, swap_budget, vms, extra_host=""):
+    text = f'[host]\nmemory_budget = {budget}\nswap_budget = {swap_budget}\ninterval = "1s"\n{extra_host}'
+    for v in vms:
+        text += "[[vm]]\n" + "".join(f"{k} = {v[k]!r}\n".replace("'", '"') if isinstance(v[k], str)
+                                     else f"{k} = {v[k]}\n" for k in v)
+    return text
+
+
+# ------------------------------------------------------------------ weights 1:1:2 under 2:1 overcommit
+
+def weights(c):
+    log("\n=== weights 1:1:2 under a 2:1 overcommit ===")
+    budget = 384 * MiB
+    host(budget)
+    names = {"w-a": 100, "w-b": 100, "w-c": 200}
+    for n in names:
+        cg_make(f"{HOST}/{n}")
+    d = Daemon("weights", vm_config(budget, 1024 * MiB, [
+        {"name": n, "weight": w, "cgroup": f"{HOST}/{n}"} for n, w in names.items()]))
+    standins = [StandIn(n, f"{HOST}/{n}", "256M", "256M", duration=75) for n in names]
+    s = Sampler([f"{HOST}/{n}" for n in names])
+    ok = wait_filled(standins)
+    c.check(ok, "all three stand-ins filled their memory")
+    s.run_for(50)
+    t1 = s.now()
+    entitled = {n: budget * w / sum(names.values()) for n, w in names.items()}
+    rows, errors = [], {}
+    for n in names:
+        g = f"{HOST}/{n}"
+        cur = s.mean(g, "current", t1 - 15, t1)
+        high = s.window(g, t1 - 15, t1)[-1]["high"]
+        errors[n] = (cur - entitled[n]) / entitled[n]
+        rows.append([n, names[n], mib(entitled[n]), mib(high), mib(cur), f"{errors[n] * 100:+.1f}%",
+                     mib(s.series[g][-1]["swap"]), mib(s.series[g][-1]["swap_max"]), s.series[g][-1]["oom_kill"]])
+    table(["VM", "WEIGHT", "ENTITLED", "MEMORY.HIGH", "CURRENT (last 15 s)", "ERROR", "SWAP", "SWAP.MAX", "OOM"], rows)
+    for n in names:
+        c.check(abs(errors[n]) <= 0.10, f"{n}: memory.current within 10% of its entitled share ({errors[n] * 100:+.1f}%)")
+    g_all = [f"{HOST}/{n}" for n in names]
+    c.check(all(x["oom_kill"] == 0 for g in g_all for x in s.series[g]), "nothing was OOM-killed")
+    over = [(g, x["swap"], x["swap_max"]) for g in g_all for x in s.series[g]
+            if x["swap_max"] is not None and x["swap"] > x["swap_max"] + MiB]
+    c.check(not over, f"swap use stayed within every memory.swap.max ({len(over)} samples over)")
+    for st in standins:
+        st.stop()
+    d.stop()
+    s.dump("weights")
+
+
+# ------------------------------------------------------------------ hog and victim, three ways
+
+def hog_and_victim(c):
+    log("\n=== hog and victim: no controller, static split, swapfair ===")
+    budget = 320 * MiB
+    ws = 120 * MiB
+    busy1, idle, busy2 = 20, 30, 30
+    results = {}
+    for mode in ["none", "static", "swapfair"]:
+        host(budget)
+        for n in ["victim", "hog"]:
+            cg_make(f"{HOST}/{n}")
+        d = None
+        if mode == "static":
+            for n in ["victim", "hog"]:
+                cg_write(f"{HOST}/{n}", "memory.high", budget // 2)
+        if mode == "swapfair":
+            d = Daemon("hv", vm_config(budget, 2048 * MiB, [
+                {"name": "victim", "cgroup": f"{HOST}/victim"}, {"name": "hog", "cgroup": f"{HOST}/hog"}]))
+        s = Sampler([f"{HOST}/victim", f"{HOST}/hog"])
+        t_start = s.now()
+        victim = StandIn("victim-" + mode, f"{HOST}/victim", "160M", "120M", phases=f"busy:{busy1},idle:{idle},busy:{busy2}")
+        hog = StandIn("hog-" + mode, f"{HOST}/hog", "600M", "600M", duration=busy1 + idle + busy2 + 30)
+        victim.t0 = hog.t0 = t_start
+        s.run_for(400, until=lambda: victim.proc.poll() is not None)
+        hog.stop()
+        if d:
+            d.stop()
+        results[mode] = analyse_hv(s, victim, hog, ws, busy1, idle, busy2)
+        s.dump(f"hv-{mode}")
+    rows = []
+    for mode, r in results.items():
+        rows.append([mode, f"{r['late_majflt']:.0f}", f"{r['late_stall'] * 100:.1f}%", mib(r["late_resident"]),
+                     mib(r["idle_hog_resident"]), f"{r['idle_hog_rate'] / 1000:.0f}k",
+                     f"{r['regain']:.1f} s" if r["regain"] is not None else "never"])
+    table(["MODE", "VICTIM MAJFLT/S (late busy)", "VICTIM STALLED", "VICTIM RESIDENT", "HOG RESIDENT (victim idle)",
+           "HOG TOUCHES/S (victim idle)", "VICTIM REGAIN"], rows)
+    log(f"(victim working set {mib(ws)} in 160 MiB; hog 600 MiB; host {mib(budget)}; "
+        "touch rates under TCG are good to about a factor of 2)")
+    sw, st = results["swapfair"], results["static"]
+    c.check(sw["late_majflt"] <= st["late_majflt"] * 1.5 + 20,
+            f"swapfair: busy victim's late major faults ({sw['late_majflt']:.0f}/s) near the static split's ({st['late_majflt']:.0f}/s)")
+    c.check(sw["late_stall"] <= st["late_stall"] + 0.05,
+            f"swapfair: busy victim's late stall share ({sw['late_stall'] * 100:.1f}%) near the static split's ({st['late_stall'] * 100:.1f}%)")
+    c.check(sw["idle_hog_resident"] >= st["idle_hog_resident"] * 1.15,
+            f"swapfair: hog's resident memory while the victim idles ({mib(sw['idle_hog_resident'])}) clearly above the static split's ({mib(st['idle_hog_resident'])})")
+    c.check(sw["regain"] is not None and sw["regain"] <= 10,
+            f"swapfair: the victim regains its share within 10 s ({sw['regain']})")
+
+
+def analyse_hv(s, victim, hog, ws, busy1, idle, busy2):
+    vg, hg = f"{HOST}/victim", f"{HOST}/hog"
+    lines = victim.lines()
+    filled = next((l for l in lines if l.get("event") == "filled"), None)
+    fill_t = filled["t"] if filled else 0
+    # Phase boundaries in the sampler's time (the stand-in started at s's time victim.t0).
+    p2 = victim.t0 + fill_t + busy1
+    p3 = p2 + idle
+    end = p3 + busy2
+    late = [l for l in lines if l.get("phase_index") == 2 and l["t"] + victim.t0 >= p3 + busy2 / 2]
+    late_majflt = sum(l["majflt_per_s"] for l in late) / len(late) if late else float("nan")
+    w = s.window(vg, p3 + busy2 / 2, end)
+    late_stall = ((w[-1]["stall_us"] - w[0]["stall_us"]) / 1e6 / (w[-1]["t"] - w[0]["t"])) if len(w) > 1 else float("nan")
+    late_resident = s.mean(vg, "current", p3 + busy2 / 2, end)
+    first_share = s.mean(vg, "current", p2 - busy1 / 2, p2)
+    idle_hog_resident = s.mean(hg, "current", p2 + idle / 3, p3)
+    hl = [l for l in hog.lines() if "rate" in l and p2 + idle / 3 <= l["t"] + hog.t0 <= p3]
+    idle_hog_rate = sum(l["rate"] for l in hl) / len(hl) if hl else 0
+    regain = None
+    for x in s.window(vg, p3, end):
+        if x["current"] >= 0.9 * first_share:
+            regain = x["t"] - p3
+            break
+    return {"late_majflt": late_majflt, "late_stall": late_stall, "late_resident": late_resident,
+            "idle_hog_resident": idle_hog_resident, "idle_hog_rate": idle_hog_rate, "regain": regain,
+            "first_share": first_share}
+
+
+# ------------------------------------------------------------------ idle tax
+
+def idle_tax(c):
+    log("\n=== idle tax: equal weights, one stand-in goes idle ===")
+    budget = 384 * MiB
+    host(budget)
+    for n in ["idle", "busy"]:
+        cg_make(f"{HOST}/{n}")
+    d = Daemon("tax", vm_config(budget, 2048 * MiB, [
+        {"name": "idle", "cgroup": f"{HOST}/idle"}, {"name": "busy", "cgroup": f"{HOST}/busy"}]))
+    s = Sampler([f"{HOST}/idle", f"{HOST}/busy"])
+    t0 = s.now()
+    a = StandIn("tax-idle", f"{HOST}/idle", "256M", "256M", phases="busy:20,idle:60")
+    b = StandIn("tax-busy", f"{HOST}/busy", "256M", "256M", duration=100)
+    c.check(wait_filled([a, b]), "both stand-ins filled their memory")
+    fill = s.now()
+    s.run_for(20)
+    t_idle = s.now()
+    s.run_for(60, until=lambda: a.proc.poll() is not None)
+    t_end = s.now()
+    before = {n: s.mean(f"{HOST}/{n}", "current", t_idle - 8, t_idle) for n in ["idle", "busy"]}
+    after = {n: s.mean(f"{HOST}/{n}", "current", t_end - 10, t_end) for n in ["idle", "busy"]}
+    high_idle = min(x["high"] for x in s.window(f"{HOST}/idle", t_idle, t_end) if x["high"] is not None)
+    share = budget / 2
+    floor = 0.25 * share  # τ = 0.75: at most 75% of an idle share is taken
+    table(["VM", "BEFORE (busy)", "AFTER (idle phase)", "CHANGE"],
+          [[n, mib(before[n]), mib(after[n]), mib(after[n] - before[n])] for n in ["idle", "busy"]])
+    log(f"lowest memory.high of the idle stand-in: {mib(high_idle)}; equal share {mib(share)}; tax floor {mib(floor)}")
+    status = d.status() or {}
+    for v in status.get("vms", []):
+        log(f"  {v['name']}: active fraction {v.get('active_fraction')}, entitled {mib(v.get('entitled'))}")
+    c.check(after["idle"] < before["idle"] - 32 * MiB, "the idle stand-in was shrunk")
+    c.check(after["busy"] > before["busy"] + 32 * MiB, "the busy stand-in gained memory")
+    c.check(high_idle >= floor - 4 * MiB, f"the idle stand-in kept at least (1-τ) of its share ({mib(high_idle)} >= {mib(floor)})")
+    a.stop(); b.stop(); d.stop()
+    s.dump("tax")
+
+
+# ------------------------------------------------------------------ reservation
+
+def reservation(c):
+    log("\n=== reservation: a reserved stand-in keeps it while a hog thrashes ===")
+    budget = 256 * MiB
+    host(budget)
+    for n in ["reserved", "hog"]:
+        cg_make(f"{HOST}/{n}")
+    d = Daemon("resv", vm_config(budget, 2048 * MiB, [
+        {"name": "reserved", "reservation": "160M", "cgroup": f"{HOST}/reserved"},
+        {"name": "hog", "weight": 1000, "cgroup": f"{HOST}/hog"}]))
+    s = Sampler([f"{HOST}/reserved", f"{HOST}/hog"])
+    r = StandIn("resv-reserved", f"{HOST}/reserved", "140M", "120M", duration=50)
+    h = StandIn("resv-hog", f"{HOST}/hog", "600M", "600M", duration=60)
+    c.check(wait_filled([r, h]), "both stand-ins filled their memory")
+    s.run_for(45, until=lambda: r.proc.poll() is not None)
+    t = s.now()
+    low = cg_read(f"{HOST}/reserved", "memory.low").strip()
+    cur = s.mean(f"{HOST}/reserved", "current", t - 20, t)
+    lines = [l for l in r.lines() if "majflt_per_s" in l][-15:]
+    majflt = sum(l["majflt_per_s"] for l in lines) / max(len(lines), 1)
+    log(f"reserved: memory.low {mib(int(low)) if low != 'max' else low}, memory.current {mib(cur)} (last 20 s), "
+        f"major faults {majflt:.0f}/s (last 15 s); hog memory.current {mib(s.mean(f'{HOST}/hog', 'current', t - 20, t))}")
+    c.check(low == str(160 * MiB), "memory.low is the reservation")
+    c.check(cur >= 120 * MiB, f"the reserved stand-in keeps its working set resident ({mib(cur)})")
+    c.check(majflt < 50, f"the reserved stand-in barely faults ({majflt:.0f}/s)")
+    r.stop(); h.stop(); d.stop()
+    s.dump("reservation")
+
+
+# ------------------------------------------------------------------ swap quota
+
+def swap_quota(c):
+    log("\n=== swap quota: a hog that exhausts its swap share does not take the others' ===")
+    budget = 256 * MiB
+    swap_budget = 384 * MiB
+    host(budget)
+    names = ["sq-hog", "sq-a", "sq-b"]
+    for n in names:
+        cg_make(f"{HOST}/{n}")
+    d = Daemon("swapq", vm_config(budget, swap_budget, [{"name": n, "cgroup": f"{HOST}/{n}"} for n in names]))
+    s = Sampler([f"{HOST}/{n}" for n in names])
+    hog = StandIn("sq-hog", f"{HOST}/sq-hog", "700M", "700M", duration=60)
+    time.sleep(15)  # the hog grabs swap first
+    others = [StandIn(n, f"{HOST}/{n}", "200M", "200M", duration=40) for n in names[1:]]
+    s.run_for(50, until=lambda: all(o.proc.poll() is not None for o in others))
+    rows = []
+    for n in names:
+        g = f"{HOST}/{n}"
+        peak = max(x["swap"] for x in s.series[g])
+        last = s.series[g][-1]
+        rows.append([n, mib(peak), mib(last["swap_max"]), last["oom_kill"]])
+    table(["VM", "PEAK SWAP", "SWAP.MAX (end)", "OOM"], rows)
+    g = f"{HOST}/sq-hog"
+    over = [x for x in s.series[g] if x["swap_max"] is not None and x["swap"] > x["swap_max"] + MiB]
+    c.check(not over, f"the hog never exceeded its memory.swap.max ({len(over)} samples over)")
+    for n in names[1:]:
+        xs = [x for x in s.series[f"{HOST}/{n}"] if x["swap_max"] is not None]
+        starved = [x for x in xs if x["swap_max"] - x["swap"] < 16 * MiB and x["swap_max"] < swap_budget / 3 - MiB]
+        c.check(not starved, f"{n} always had swap room or its fair share ({len(starved)} samples without)")
+        c.check(all(x["oom_kill"] == 0 for x in s.series[f"{HOST}/{n}"]), f"{n} was not OOM-killed")
+    total_max = sum(s.series[f"{HOST}/{n}"][-1]["swap_max"] or 0 for n in names)
+    hog.stop(); [o.stop() for o in others]; d.stop()
+    s.dump("swapq")
+
+
+# ------------------------------------------------------------------ faults
+
+def faults(c):
+    log("\n=== faults: a stand-in exits, a cgroup is removed, the daemon is SIGKILLed and restarted ===")
+    budget = 384 * MiB
+    host(budget)
+    names = ["f-a", "f-b", "f-c"]
+    for n in names:
+        cg_make(f"{HOST}/{n}")
+    d = Daemon("faults", vm_config(budget, 1024 * MiB, [{"name": n, "cgroup": f"{HOST}/{n}"} for n in names]))
+    sts = {n: StandIn(n, f"{HOST}/{n}", "200M", "200M", duration=90) for n in names}
+    s = Sampler([f"{HOST}/{n}" for n in names])
+    wait_filled(list(sts.values()))
+    s.run_for(15)
+    # 1. a stand-in exits mid-run
+    sts["f-a"].proc.kill()
+    sts["f-a"].proc.wait()
+    s.run_for(4)
+    c.check("VM dropped" in d.log() and "f-a" in d.log(), "the daemon logged that f-a exited and dropped it")
+    # 2. a cgroup removed under the daemon
+    sts["f-b"].proc.kill()
+    sts["f-b"].proc.wait()
+    time.sleep(0.5)
+    os.rmdir(f"/sys/fs/cgroup/{HOST}/f-b")
+    s.groups = [f"{HOST}/f-c"]
+    s.run_for(4)
+    c.check(d.log().count("VM dropped") >= 2, "the daemon logged the removed cgroup and dropped it")
+    before = cg_sample(f"{HOST}/f-c")["high"]
+    # 3. SIGKILL and restart
+    d.kill9()
+    c.check(d.proc.returncode == -9, "swapfaird was killed with SIGKILL")
+    high_dead = cg_sample(f"{HOST}/f-c")["high"]
+    d.start()
+    s.run_for(3)
+    after = [x["high"] for x in s.window(f"{HOST}/f-c", s.now() - 3, s.now())]
+    log(f"f-c memory.high: {mib(before)} before the kill, {mib(high_dead)} while dead, "
+        f"{', '.join(mib(x) for x in after)} after the restart")
+    c.check(all(x is not None and abs(x - before) <= 0.25 * before for x in after),
+            "after the restart memory.high resumed near where it was (no reset to an extreme)")
+    st = d.status()
+    c.check(st is not None and any(v["name"] == "f-c" and v["state"] == "running" for v in st["vms"]),
+            "the restarted daemon manages f-c and answers status")
+    # 4. f-a's group is still there: a new stand-in in it is picked up
+    sts["f-a2"] = StandIn("f-a2", f"{HOST}/f-a", "100M", "50M", duration=20)
+    s.groups = [f"{HOST}/f-a", f"{HOST}/f-c"]
+    s.run_for(8)
+    st = d.status()
+    c.check(st is not None and any(v["name"] == "f-a" and v["state"] == "running" for v in st["vms"]),
+            "a VM that comes back is picked up again")
+    log("daemon log (events):")
+    for line in d.log().splitlines():
+        if any(k in line for k in ["VM dropped", "VM found", "VM not running", "starting", "stopped"]):
+            log("  " + line[:200])
+    for x in sts.values():
+        x.stop()
+    d.stop()
+
+
+SCENARIOS = {"weights": weights, "idle_tax": idle_tax, "reservation": reservation, "swap_quota": swap_quota,
+             "faults": faults, "hog_and_victim": hog_and_victim}
+
+
+def main():
+    names = sys.argv[1:] or list(SCENARIOS)
+    c = Checks()
+    for n in names:
+        t = time.monotonic()
+        try:
+            SCENARIOS[n](c)
+        except Exception as e:  # a broken scenario is a failure, and the others still run
+            import traceback
+            traceback.print_exc()
+            c.check(False, f"{n} ran to completion ({e})")
+        finally:
+            cg_kill_and_remove(HOST)
+        log(f"({n}: {time.monotonic() - t:.0f} s)")
+    log(f"lab: {c.passed} passed, {c.failed} failed")
+    sys.exit(0 if c.failed == 0 else 1)
+
+
+if __name__ == "__main__":
+    main()
