@@ -72,8 +72,25 @@ public struct HostConfig: Sendable, Equatable {
     public var socket: String = "/run/swapfair/swapfaird.sock"
     /// Group (name or number) also allowed on the control socket besides root.
     public var socketGroup: String?
+    /// How the active fraction is measured.
+    public var activity: ActivitySource = .auto
+    /// Seconds between MGLRU samples.
+    public var activityPeriod: Double = 2
+    /// Time constants of the slow and fast moving averages of the active fraction, in seconds.
+    public var activitySlow: Double = 30
+    public var activityFast: Double = 5
 
     public init() {}
+}
+
+/// Where the active fraction comes from.
+public enum ActivitySource: String, Sendable, Equatable, CaseIterable {
+    /// MGLRU sampling where the kernel has it, else the LRU lists.
+    case auto
+    /// MGLRU page-table sampling (`/sys/kernel/debug/lru_gen`); the daemon refuses to start without it.
+    case lruGen = "lru_gen"
+    /// The active/inactive LRU lists of `memory.stat`, raised by refaults.
+    case lru
 }
 
 /// What the host has, for resolving percentages.
@@ -105,7 +122,9 @@ public struct SwapfairConfiguration: Sendable, Equatable {
         feedback.target = host.pressureTarget
         return HostPolicy(memoryBudget: memory, swapBudget: swap, idleTax: host.idleTax,
                           minimumSize: host.minimumSize.resolve(against: memory),
-                          swapHeadroom: host.swapHeadroom.resolve(against: swap), feedback: feedback)
+                          swapHeadroom: host.swapHeadroom.resolve(against: swap), feedback: feedback,
+                          activity: ActivityEstimator(slowTimeConstant: host.activitySlow,
+                                                      fastTimeConstant: host.activityFast))
     }
 
     /// The policy's view of one VM. Percentages of a VM's sizes are of the host's budgets.

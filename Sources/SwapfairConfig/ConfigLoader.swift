@@ -7,7 +7,8 @@ public enum ConfigLoader {
     public static let defaultPath = "/etc/swapfair/swapfair.toml"
 
     static let hostKeys = ["memory_budget", "swap_budget", "interval", "pressure_target", "idle_tax",
-                           "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group"]
+                           "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
+                            "activity_period", "activity_slow", "activity_fast"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit"]
 
@@ -115,6 +116,20 @@ struct Validator {
                     if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path") } else { h.socket = s }
                 }
             case "socket_group": if let s = string(e, key) { h.socketGroup = s }
+            case "activity":
+                if let s = string(e, key) {
+                    if let a = ActivitySource(rawValue: s) { h.activity = a } else {
+                        problem(e.line, key, "must be one of " + ActivitySource.allCases.map { "\"\($0.rawValue)\"" }
+                            .joined(separator: ", ") + didYouMean(s, ActivitySource.allCases.map(\.rawValue)))
+                    }
+                }
+            case "activity_period", "activity_slow", "activity_fast":
+                if let d = duration(e, key) {
+                    if d < 0.5 || d > 3600 { problem(e.line, key, "must be between 500ms and 1h, got \(d)s") }
+                    else if e.key == "activity_period" { h.activityPeriod = d }
+                    else if e.key == "activity_slow" { h.activitySlow = d }
+                    else { h.activityFast = d }
+                }
             default: problem(e.line, key, "unknown key" + suggestion(e.key, ConfigLoader.hostKeys))
             }
         }
@@ -275,6 +290,11 @@ struct Validator {
         }
         problem(e.line, key, "must be a fraction such as 0.75 or a percentage such as \"75%\"")
         return nil
+    }
+
+    func didYouMean(_ word: String, _ known: [String]) -> String {
+        let hint = suggestion(word, known)
+        return hint.hasPrefix(" (") ? hint : ""
     }
 
     func suggestion(_ key: String, _ known: [String]) -> String {

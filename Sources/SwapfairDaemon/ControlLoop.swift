@@ -33,6 +33,8 @@ public final class ControlLoop {
     let writer: KnobWriter
     let logger: Logger
     public let board: StatusBoard
+    /// MGLRU sampling of active fractions, when the kernel has it; else the LRU lists are used.
+    public let activity: ActivityMonitor?
     var vms: [TrackedVM]
     public private(set) var ticks: UInt64 = 0
     let startTime: Double
@@ -43,7 +45,8 @@ public final class ControlLoop {
 
     public init(configuration: SwapfairConfiguration, facts: HostFacts, root: CgroupRoot, logger: Logger,
                 writer: KnobWriter = KnobWriter(), board: StatusBoard = StatusBoard(), proc: String = "/proc",
-                now: Double) {
+                activity: ActivityMonitor? = nil, now: Double) {
+        self.activity = activity
         self.configuration = configuration
         self.facts = facts
         self.root = root
@@ -73,7 +76,10 @@ public final class ControlLoop {
                 indices.append(i)
             }
         }
-        let plans = planner.plan(inputs)
+        activity?.watch(indices.compactMap { vms[$0].group?.relativePath })
+        let running = Set(indices)
+        let absent = vms.indices.filter { !running.contains($0) }.map { vms[$0].entitlement }
+        let plans = planner.plan(inputs, absent: absent)
         for (k, plan) in plans.enumerated() {
             apply(indices[k], plan)
         }
@@ -170,12 +176,11 @@ public final class ControlLoop {
                 memoryHigh: vms[i].applied[.memoryHigh]?.bytes, swapMax: vms[i].applied[.memorySwapMax]?.bytes,
                 pressureSomeTotal: pressure?.total ?? 0,
                 activeBytes: stat.activeBytes, inactiveBytes: stat.inactiveBytes,
-                refaultedTotal: stat.refaults * WeightedDivision.page)
+                refaultedTotal: stat.refaults * WeightedDivision.page,
+                sampledActiveFraction: activity?.fraction(of: g.relativePath))
             vms[i].observation = o
             if vms[i].absence != nil {
-                if vms[i].absence != "located, no processes yet" {
-                    logger.notice("VM running again", metadata: ["vm": "\(name)", "cgroup": "\(g)"])
-                }
+                logger.notice("VM running", metadata: ["vm": "\(name)", "cgroup": "\(g)"])
                 vms[i].absence = nil
             }
             return o
@@ -284,6 +289,7 @@ public final class ControlLoop {
         let policy = planner.host
         let daemon = StatusReport.Daemon(
             version: SwapfairVersion.string, pid: currentPID(), config: configuration.source, backend: "cgroupfs",
+            activity: activity == nil ? "lru" : "lru_gen",
             cgroupRoot: root.path, intervalSeconds: configuration.host.interval, ticks: ticks,
             uptimeSeconds: now - startTime, memoryBudget: policy.memoryBudget, swapBudget: policy.swapBudget,
             lastTickMilliseconds: lastTickMilliseconds)

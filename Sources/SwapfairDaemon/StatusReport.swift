@@ -9,6 +9,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var pid: Int32
         public var config: String
         public var backend: String
+        /// How active fractions are measured: "lru_gen" (MGLRU sampling) or "lru".
+        public var activity: String
         public var cgroupRoot: String
         public var intervalSeconds: Double
         public var ticks: UInt64

@@ -4,7 +4,8 @@ import SwapfairPolicy
 public enum StatusTable {
     public static func render(_ r: StatusReport) -> String {
         let d = r.daemon
-        var out = "swapfaird \(d.version) (pid \(d.pid)), \(d.backend) at \(d.cgroupRoot), config \(d.config)\n"
+        var out = "swapfaird \(d.version) (pid \(d.pid)), \(d.backend) at \(d.cgroupRoot), config \(d.config), "
+            + "activity from \(d.activity == "lru_gen" ? "MGLRU sampling" : "LRU lists")\n"
         out += "budget \(Format.bytes(d.memoryBudget)) RAM, \(Format.bytes(d.swapBudget)) swap; "
         out += "tick \(String(format: "%.1f", d.intervalSeconds))s, \(d.ticks) ticks, last took "
         out += String(format: "%.2f ms\n\n", d.lastTickMilliseconds)

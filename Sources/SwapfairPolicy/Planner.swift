@@ -10,6 +10,9 @@ public struct HostPolicy: Sendable, Equatable {
     public var minimumSize: UInt64
     /// Least free swap kept for a VM beyond what it uses, so it can start swapping at once.
     public var swapHeadroom: UInt64
+    /// Per-tick decay of a VM's held-memory mark (see `VMControlState.heldMark`): 0.005 forgets
+    /// half of a drop in about 140 ticks.
+    public var heldMarkDecay: Double = 0.005
     public var feedback: FeedbackParameters
     public var activity: ActivityEstimator
 
@@ -94,14 +97,17 @@ public struct VMControlState: Sendable, Equatable, Codable {
     public var time: Double
     public var pressureSomeTotal: UInt64
     public var refaultedTotal: UInt64
+    /// The most memory the VM held lately (decaying): what the idle tax's bound is taken of.
+    public var heldMark: Double
 
     public init(feedback: PressureFeedback.State, activity: ActivityEstimator.State, time: Double,
-                pressureSomeTotal: UInt64, refaultedTotal: UInt64) {
+                pressureSomeTotal: UInt64, refaultedTotal: UInt64, heldMark: Double = 0) {
         self.feedback = feedback
         self.activity = activity
         self.time = time
         self.pressureSomeTotal = pressureSomeTotal
         self.refaultedTotal = refaultedTotal
+        self.heldMark = heldMark
     }
 }
 
@@ -127,9 +133,12 @@ public struct VMPlan: Sendable, Equatable {
     /// Share of the last period stalled on memory; nil on the first tick.
     public var stall: Double?
     public var decision: FeedbackDecision
-    /// Weighted share before the idle tax.
+    /// Weighted share of what VMs demand, before the idle tax.
     public var untaxedShare: UInt64
-    /// Least the VM keeps under the tax: its active share and (1−τ) of its idle share.
+    /// Weighted share of the budget if every VM wanted all of it (reservations and limits apply).
+    public var fullShare: UInt64
+    /// Least the VM keeps under the tax: of the memory it held (up to its full share), all of the
+    /// active part and (1−τ) of the idle part.
     public var taxFloor: UInt64
     /// The VM's entitlement after the tax: its target.
     public var entitled: UInt64
@@ -145,8 +154,8 @@ public struct VMPlan: Sendable, Equatable {
 ///
 /// 1. Pressure feedback turns each VM's stall into a *demand*.
 /// 2. RAM: the budget is divided by weight among demands (work conserving), with reservations as
-///    floors and limits as ceilings; then again with the idle tax applied to the weights, never
-///    taking more than τ of a VM's idle share. That is the VM's entitlement (its target).
+///    floors and limits as ceilings, with the idle tax applied to the weights; but a VM never loses
+///    more than τ of the idle part of what it held. That is the VM's entitlement (its target).
 /// 3. Whatever no VM demands is lent out by weight up to the limits: `memory.high` = entitlement
 ///    plus the loan, so memory that nobody needs is not pushed to swap.
 /// 4. Swap: the swap budget is divided by swap weight, each VM's share capped at what it uses plus
@@ -156,7 +165,9 @@ public struct Planner: Sendable {
 
     public init(_ host: HostPolicy) { self.host = host }
 
-    public func plan(_ inputs: [VMInput]) -> [VMPlan] {
+    /// `absent`: configured VMs that are not running now. They take no RAM (it can be taken back
+    /// when they start) but keep their swap headroom, because swap lent out cannot.
+    public func plan(_ inputs: [VMInput], absent: [VMEntitlement] = []) -> [VMPlan] {
         let budget = host.memoryBudget
         let feedback = PressureFeedback(host.feedback)
         let tax = min(max(host.idleTax, 0), 0.99)
@@ -187,30 +198,37 @@ public struct Planner: Sendable {
                 ?? PressureFeedback.State(demand: o.memoryHigh.map { min($0, ceiling) } ?? max(o.memoryCurrent, reservation))
             let (fb, decision) = feedback.step(start, usage: o.memoryCurrent, stall: previous == nil ? nil : stall,
                                                floor: floor, ceiling: ceiling)
+            let held = max(Double(o.memoryCurrent), (previous?.heldMark ?? 0) * (1 - host.heldMarkDecay))
             let state = VMControlState(feedback: fb, activity: activity, time: o.time,
-                                       pressureSomeTotal: o.pressureSomeTotal, refaultedTotal: o.refaultedTotal)
+                                       pressureSomeTotal: o.pressureSomeTotal, refaultedTotal: o.refaultedTotal,
+                                       heldMark: held)
             steps.append((fb.demand, fraction, stall, decision, state))
         }
 
         // 2. RAM entitlement: plain weights, then taxed weights with the tax floor.
         let ceilings = inputs.map { min($0.entitlement.limit ?? budget, budget) }
         let reservations = inputs.indices.map { min(inputs[$0].entitlement.reservation, ceilings[$0]) }
-        let caps = inputs.indices.map { max(reservations[$0], min(steps[$0].demand, ceilings[$0])) }
-        let untaxed = WeightedDivision.divide(budget, among: inputs.indices.map {
-            Claim(weight: inputs[$0].entitlement.weight, floor: reservations[$0], ceiling: caps[$0])
+        let full = WeightedDivision.divide(budget, among: inputs.indices.map {
+            Claim(weight: inputs[$0].entitlement.weight, floor: reservations[$0], ceiling: ceilings[$0])
         })
         let k = 1 / (1 - tax)
         var taxFloors: [UInt64] = []
-        var taxed: [Claim] = []
         for i in inputs.indices {
             let f = steps[i].fraction
-            let kept = f + (1 - tax) * (1 - f)  // all of the active share, (1−τ) of the idle share
-            let taxFloor = max(reservations[i], UInt64(Double(untaxed[i]) * kept))
-            taxFloors.append(taxFloor)
-            taxed.append(Claim(weight: inputs[i].entitlement.weight / (f + k * (1 - f)),
-                               floor: taxFloor, ceiling: caps[i]))
+            let kept = f + (1 - tax) * (1 - f)  // all of the active part, (1−τ) of the idle part
+            // The bound is taken of what the VM held lately, not of what it holds now: its holding
+            // shrinks as it is taxed, and a bound that followed it would ratchet down to nothing.
+            let held = min(Double(full[i]), steps[i].state.heldMark)
+            taxFloors.append(max(reservations[i], UInt64(held * kept)))
         }
-        let entitled = WeightedDivision.divide(budget, among: taxed)
+        let caps = inputs.indices.map { max(taxFloors[$0], min(steps[$0].demand, ceilings[$0])) }
+        let untaxed = WeightedDivision.divide(budget, among: inputs.indices.map {
+            Claim(weight: inputs[$0].entitlement.weight, floor: reservations[$0], ceiling: caps[$0])
+        })
+        let entitled = WeightedDivision.divide(budget, among: inputs.indices.map { i in
+            let f = steps[i].fraction
+            return Claim(weight: inputs[i].entitlement.weight / (f + k * (1 - f)), floor: taxFloors[i], ceiling: caps[i])
+        })
 
         // 3. Lend what nobody demands, by weight, up to each limit.
         let high = WeightedDivision.divide(budget, among: inputs.indices.map {
@@ -218,13 +236,13 @@ public struct Planner: Sendable {
         })
 
         // 4. Swap.
-        let swap = planSwap(inputs)
+        let swap = planSwap(inputs, absent: absent)
 
         return inputs.indices.map { i in
             let e = inputs[i].entitlement
             return VMPlan(name: e.name, demand: steps[i].demand, activeFraction: steps[i].fraction,
                           stall: steps[i].stall, decision: steps[i].decision, untaxedShare: untaxed[i],
-                          taxFloor: taxFloors[i], entitled: entitled[i], memoryHigh: high[i],
+                          fullShare: full[i], taxFloor: taxFloors[i], entitled: entitled[i], memoryHigh: high[i],
                           memoryLow: reservations[i], memoryMax: e.limit, swapMax: swap[i],
                           ioWeight: e.ioWeight, state: steps[i].state)
         }
@@ -233,8 +251,9 @@ public struct Planner: Sendable {
     /// Swap division: by swap weight, each VM capped at its use plus headroom (at least half its
     /// fair share stays free for it, the rest is lent), and never cut below what it already uses,
     /// because swapped pages cannot be taken back on demand.
-    func planSwap(_ inputs: [VMInput]) -> [UInt64] {
+    func planSwap(_ running: [VMInput], absent: [VMEntitlement]) -> [UInt64] {
         let budget = host.swapBudget
+        let inputs = running + absent.map { VMInput($0, VMObservation(time: 0, memoryCurrent: 0)) }
         let limits = inputs.map { min($0.entitlement.swapLimit ?? budget, budget) }
         let fair = WeightedDivision.divide(budget, among: inputs.indices.map {
             Claim(weight: inputs[$0].entitlement.swapWeight, ceiling: limits[$0])
@@ -246,6 +265,6 @@ public struct Planner: Sendable {
             let cap = min(limits[i], o.swapCurrent &+ headroom)
             return Claim(weight: inputs[i].entitlement.swapWeight, floor: floor, ceiling: max(floor, cap))
         }
-        return WeightedDivision.divide(budget, among: claims)
+        return Array(WeightedDivision.divide(budget, among: claims).prefix(running.count))
     }
 }

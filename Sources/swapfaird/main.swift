@@ -65,8 +65,25 @@ struct Swapfaird: ParsableCommand {
             "vms": "\(configuration.vms.count)", "memory_budget": "\(budgets.memory)", "swap_budget": "\(budgets.swap)",
         ])
         let board = StatusBoard()
+        var monitor: ActivityMonitor?
+        switch configuration.host.activity {
+        case _ where allowFakeRoot:
+            // A test tree has no memory cgroups for MGLRU to walk.
+            logger.notice("active fractions from the LRU lists of memory.stat (fake cgroup root)")
+        case .lru:
+            logger.notice("active fractions from the LRU lists of memory.stat (activity = \"lru\")")
+        case .auto, .lruGen:
+            if let why = LRUGenFile.unavailableReason() {
+                if configuration.host.activity == .lruGen { fail("activity = \"lru_gen\" but \(why)") }
+                logger.notice("active fractions from the LRU lists of memory.stat: \(why)")
+            } else {
+                monitor = ActivityMonitor(period: configuration.host.activityPeriod, logger: logger)
+                logger.notice("active fractions from MGLRU page-table sampling every \(configuration.host.activityPeriod)s")
+            }
+        }
+        monitor?.start()
         let loop = ControlLoop(configuration: configuration, facts: facts, root: root, logger: logger, board: board,
-                               now: monotonicSeconds())
+                               activity: monitor, now: monotonicSeconds())
         let daemon = Daemon()
         let signals = daemon.handleSignals(logger: logger)
 
@@ -89,6 +106,7 @@ struct Swapfaird: ParsableCommand {
         }
         daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks)
         server?.stop()
+        monitor?.stop()
         withExtendedLifetime(signals) {}
         logger.notice("stopped", metadata: ["ticks": "\(loop.ticks)"])
     }

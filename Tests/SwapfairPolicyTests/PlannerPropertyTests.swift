@@ -64,10 +64,12 @@ import Testing
     @Test(arguments: seeds)
     func theIdleTaxTakesAtMostTheTaxOfIdleMemory(seed: Int) {
         let s = scenario(seed)
-        for p in Planner(s.host).plan(s.inputs) {
+        for (input, p) in zip(s.inputs, Planner(s.host).plan(s.inputs)) {
             let f = p.activeFraction
-            let kept = Double(p.untaxedShare) * (f + (1 - s.host.idleTax) * (1 - f))
-            #expect(Double(p.entitled) + Double(page) >= kept, "\(s)")
+            let held = min(Double(p.fullShare), Double(input.observation.memoryCurrent))
+            let kept = held * (f + (1 - s.host.idleTax) * (1 - f))
+            #expect(Double(p.taxFloor) + 1 >= kept, "\(s)")
+            #expect(p.entitled >= p.taxFloor, "\(s)")
         }
     }
 
@@ -111,5 +113,24 @@ import Testing
             let fair = Double(budget) * input.entitlement.weight / totalWeight
             #expect(abs(Double(p.entitled) - fair) <= Double(page), "seed \(seed): \(p.name) \(p.entitled) vs \(fair)")
         }
+    }
+}
+
+@Suite struct SwapLendingTests {
+    /// A VM that starts first must not be lent the swap of VMs configured but not running yet:
+    /// swapped pages cannot be taken back when they start.
+    @Test func absentVMsKeepTheirSwapHeadroom() {
+        let host = HostPolicy(memoryBudget: GiB, swapBudget: 384 * MiB, swapHeadroom: 64 * MiB)
+        let hog = VMInput(VMEntitlement(name: "hog"),
+                          VMObservation(time: 0, memoryCurrent: GiB, swapCurrent: 200 * MiB, swapMax: 384 * MiB))
+        let alone = Planner(host).plan([hog])[0].swapMax
+        let shared = Planner(host).plan([hog], absent: [VMEntitlement(name: "a"), VMEntitlement(name: "b")])[0].swapMax
+        #expect(alone == 384 * MiB)
+        #expect(shared == 384 * MiB - 2 * 64 * MiB)
+        // And when they start, their headroom is there.
+        let a = VMInput(VMEntitlement(name: "a"), VMObservation(time: 0, memoryCurrent: GiB))
+        let plans = Planner(host).plan([hog, a], absent: [VMEntitlement(name: "b")])
+        #expect(plans[1].swapMax >= 64 * MiB)
+        #expect(plans.count == 2)
     }
 }

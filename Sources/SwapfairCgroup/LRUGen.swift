@@ -1,0 +1,145 @@
+import SwapfairSys
+import SystemPackage
+
+/// The multi-generational LRU's debugfs file (`/sys/kernel/debug/lru_gen`): each memory cgroup's
+/// generations per node, and aging on request. Aging with `force_scan` walks the cgroup's page
+/// tables and moves every page accessed since the last aging into the youngest generations,
+/// without reclaiming anything, so the young generations measure what a VM touched lately.
+public struct LRUGenFile: Sendable {
+    public let path: String
+
+    public init(path: String = "/sys/kernel/debug/lru_gen") { self.path = path }
+
+    public struct Generation: Sendable, Equatable {
+        public var seq: UInt64
+        public var ageMilliseconds: UInt64
+        public var anonPages: UInt64
+        public var filePages: UInt64
+        public var pages: UInt64 { anonPages + filePages }
+    }
+
+    public struct Memcg: Sendable, Equatable {
+        public var id: Int
+        /// Path from the cgroup2 root, "/" for the root.
+        public var path: String
+        /// Node id → generations, oldest first.
+        public var nodes: [Int: [Generation]]
+    }
+
+    /// Why MGLRU sampling cannot be used here, or nil when it can.
+    public static func unavailableReason(file: String = "/sys/kernel/debug/lru_gen",
+                                         enabled: String = "/sys/kernel/mm/lru_gen/enabled") -> String? {
+        guard let text = try? FileAccess.read(enabled) else {
+            return "the kernel has no multi-generational LRU (\(enabled) is missing)"
+        }
+        let t = text.trimmingCharacters(in: " \n")
+        let value = t.hasPrefix("0x") ? Int(t.dropFirst(2), radix: 16) : Int(t)
+        // 0x1: MGLRU on; 0x2: it walks page tables (without that every page reads as idle).
+        guard let v = value, v & 0x3 == 0x3 else { return "MGLRU is not fully enabled (\(enabled) is \(t), needs 0x3)" }
+        guard FileAccess.exists(file) else { return "\(file) is missing (debugfs not mounted?)" }
+        return nil
+    }
+
+    /// Parses the file. Unknown or malformed lines are skipped: the file is a debugging aid and
+    /// its format may grow.
+    public static func parse(_ text: String) -> [Memcg] {
+        var out: [Memcg] = []
+        var node = 0
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard let first = fields.first else { continue }
+            if first == "memcg", fields.count >= 2, let id = Int(fields[1]) {
+                // The path is the rest of the line (it may contain spaces).
+                let path = fields.count >= 3 ? fields[2...].joined(separator: " ") : "/"
+                out.append(Memcg(id: id, path: path, nodes: [:]))
+            } else if first == "node", fields.count >= 2, let n = Int(fields[1]) {
+                node = n
+                out[out.count - 1].nodes[node, default: []] = []
+            } else if fields.count >= 4, !out.isEmpty, let seq = UInt64(fields[0]), let age = UInt64(fields[1]),
+                      let anon = UInt64(fields[2]), let file = UInt64(fields[3]) {
+                out[out.count - 1].nodes[node, default: []].append(
+                    Generation(seq: seq, ageMilliseconds: age, anonPages: anon, filePages: file))
+            }
+        }
+        return out
+    }
+
+    public func read() throws(SysError) -> [Memcg] { Self.parse(try FileAccess.read(path, limit: 64 << 20)) }
+
+    /// Ages one memcg on one node: `+ ID NODE MAX_SEQ 1 1`. can_swap and force_scan must both be
+    /// given: without them the kernel may relabel cold anonymous pages as young.
+    /// A stale MAX_SEQ succeeds without doing anything; the caller checks.
+    public func age(id: Int, node: Int, maxSeq: UInt64) throws(SysError) {
+        try FileAccess.write(path, "+ \(id) \(node) \(maxSeq) 1 1")
+    }
+}
+
+/// Measures each VM's active fraction from MGLRU generations: every period it ages the VM's
+/// memcgs (and those below them) and counts the pages in the two youngest generations, i.e.
+/// those touched since the previous period, against all of the VM's pages on the LRU.
+///
+/// Limits: pages a process faulted in before it was moved into the VM's group are not walked
+/// (start the VMM inside its group); swapped-out and mlocked pages are not counted; a
+/// transparent huge page counts as 512 pages from one access.
+public final class LRUGenSampler {
+    public let file: LRUGenFile
+    /// memcg ids already aged once: the first reading after a group appears counts every page as
+    /// young, so it is not reported.
+    private var primed: Set<Int> = []
+
+    public init(file: LRUGenFile = LRUGenFile()) { self.file = file }
+
+    /// One period. `targets` are cgroup paths relative to the root ("lab.slice/vm-a").
+    /// Returns the fraction for each target that could be measured.
+    public func sample(_ targets: [String]) throws(SysError) -> [String: Double] {
+        let before = try file.read()
+        let wanted = targets.map { "/" + $0 }
+        func owner(_ path: String) -> String? {
+            wanted.first { path == $0 || path.hasPrefix($0 + "/") }
+        }
+        var aged: Set<Int> = []
+        for m in before where owner(m.path) != nil {
+            for (node, gens) in m.nodes {
+                guard let maxSeq = gens.last?.seq else { continue }
+                do { try file.age(id: m.id, node: node, maxSeq: maxSeq) } catch {
+                    // EINVAL: the memcg went away or the sequence moved on; it is measured next time.
+                    continue
+                }
+                aged.insert(m.id)
+            }
+        }
+        let after = try file.read()
+        var active: [String: UInt64] = [:], total: [String: UInt64] = [:]
+        var measured: Set<String> = []
+        for m in after {
+            guard let target = owner(m.path), aged.contains(m.id) else { continue }
+            let fresh = !primed.contains(m.id)
+            primed.insert(m.id)
+            if fresh { continue }
+            measured.insert(target)
+            for gens in m.nodes.values {
+                guard let maxSeq = gens.last?.seq else { continue }
+                for g in gens {
+                    total[target, default: 0] += g.pages
+                    if g.seq + 1 >= maxSeq { active[target, default: 0] += g.pages }
+                }
+            }
+        }
+        // Forget ids that are gone: the kernel reuses them for new groups.
+        let alive = Set(after.map(\.id))
+        primed.formIntersection(alive)
+        var out: [String: Double] = [:]
+        for target in measured {
+            let t = total[target] ?? 0
+            out[String(target.dropFirst())] = t == 0 ? 0 : Double(active[target] ?? 0) / Double(t)
+        }
+        return out
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        let chars = Set(set)
+        return String(drop { chars.contains($0) }.reversed().drop { chars.contains($0) }.reversed())
+    }
+}

@@ -1,0 +1,68 @@
+import Foundation
+import Logging
+import SwapfairCgroup
+import Synchronization
+
+/// Samples the VMs' active fractions with MGLRU on a thread of its own, so that a slow page-table
+/// walk (tens of milliseconds per GiB of small pages) never delays the control loop. The loop
+/// tells it which groups to watch and picks up the latest fractions each tick.
+public final class ActivityMonitor: Sendable {
+    let period: Double
+    let logger: Logger
+    private let targets = Mutex<[String]>([])
+    private let latest = Mutex<[String: Double]>([:])
+    private let stopped = Mutex<Bool>(false)
+    private let wake = DispatchSemaphore(value: 0)
+    private let sampler: Sampler
+
+    /// The sampler is only touched by the monitor's thread.
+    private final class Sampler: @unchecked Sendable {
+        let inner: LRUGenSampler
+        init(_ inner: LRUGenSampler) { self.inner = inner }
+    }
+
+    public init(sampler: LRUGenSampler = LRUGenSampler(), period: Double, logger: Logger) {
+        self.sampler = Sampler(sampler)
+        self.period = period
+        self.logger = logger
+    }
+
+    public func watch(_ groups: [String]) { targets.withLock { $0 = groups } }
+
+    public func fraction(of group: String) -> Double? { latest.withLock { $0[group] } }
+
+    public func start() {
+        let thread = Thread { [self] in run() }
+        thread.name = "activity"
+        thread.start()
+    }
+
+    public func stop() {
+        stopped.withLock { $0 = true }
+        wake.signal()
+    }
+
+    func run() {
+        var failures = 0
+        while !stopped.withLock({ $0 }) {
+            let groups = targets.withLock { $0 }
+            if !groups.isEmpty {
+                do {
+                    let fractions = try sampler.inner.sample(groups)
+                    latest.withLock { current in
+                        current = current.filter { groups.contains($0.key) }
+                        current.merge(fractions) { $1 }
+                    }
+                    failures = 0
+                } catch {
+                    failures += 1
+                    if failures == 1 {
+                        logger.warning("MGLRU sampling failed; active fractions are stale until it works again",
+                                       metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+            _ = wake.wait(timeout: .now() + .milliseconds(Int(period * 1000)))
+        }
+    }
+}

@@ -1,0 +1,37 @@
+import Testing
+@testable import SwapfairCgroup
+
+@Suite struct LRUGenTests {
+    /// As printed by a 6.12 kernel (two memcgs, one node).
+    static let sample = """
+        memcg     1 /
+         node     0
+                  0       6180          0           0
+                  1       6180          0          55
+                  2       6180       1978           0
+                  3       6180        103        1271
+        memcg     2 /lab.slice/vm a
+         node     0
+                 18       6000      40979           3
+                 19       4000          0           0
+                 20       2000      10246           2
+                 21          0          0           0
+
+        """
+
+    @Test func parsesMemcgsNodesAndGenerations() {
+        let m = LRUGenFile.parse(Self.sample)
+        #expect(m.count == 2)
+        #expect(m[1].id == 2)
+        #expect(m[1].path == "/lab.slice/vm a")
+        let gens = m[1].nodes[0] ?? []
+        #expect(gens.map(\.seq) == [18, 19, 20, 21])
+        #expect(gens[0].anonPages == 40979 && gens[0].ageMilliseconds == 6000)
+        #expect(gens.last?.pages == 0)
+    }
+
+    @Test func garbageLinesAreSkipped() {
+        let m = LRUGenFile.parse("nonsense\nmemcg x /a\nmemcg 3 /b\n node 0\n 1 2 3\n 5 6 7 8\n")
+        #expect(m.count == 1 && m[0].path == "/b" && m[0].nodes[0]?.count == 1)
+    }
+}
