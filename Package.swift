@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "SwapfairConfig", targets: ["SwapfairConfig"]),
         .library(name: "SwapfairDaemon", targets: ["SwapfairDaemon"]),
         .library(name: "SwapfairSimulation", targets: ["SwapfairSimulation"]),
+        .library(name: "SwapfairNBD", targets: ["SwapfairNBD"]),
         .library(name: "SwapfairTestSupport", targets: ["SwapfairTestSupport"]),
     ],
     dependencies: [
@@ -30,6 +31,20 @@ let package = Package(
         .target(name: "SwapfairPolicy", swiftSettings: strict),
         // C helpers for what Swift cannot call directly (needs _GNU_SOURCE, variadic, macros).
         .target(name: "CSwapfairShim"),
+        // liburing (Debian: liburing-dev).
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        // The NBD protocol: handshake and request codecs, no sockets.
+        .target(name: "SwapfairNBD", swiftSettings: strict),
+        // The swap device engine: io_uring, volumes, the fair scheduler.
+        .target(
+            name: "SwapfairIO",
+            dependencies: ["CURing", "CSwapfairShim", "SwapfairSys", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
+        // NBD exports of the swap volumes: sockets, connections, peer checks.
+        .target(
+            name: "SwapfairExport",
+            dependencies: ["SwapfairIO", "SwapfairNBD", "SwapfairSys", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         // Typed syscall wrappers shared by the I/O modules.
         .target(
             name: "SwapfairSys",
@@ -47,7 +62,7 @@ let package = Package(
         .target(
             name: "SwapfairDaemon",
             dependencies: [
-                "SwapfairPolicy", "SwapfairCgroup", "SwapfairConfig", "SwapfairSys",
+                "SwapfairPolicy", "SwapfairCgroup", "SwapfairConfig", "SwapfairSys", "SwapfairIO", "SwapfairExport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
@@ -81,6 +96,7 @@ let package = Package(
             ],
             path: "Benchmarks/TickBenchmark",
             swiftSettings: strict),
+        .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation"], swiftSettings: strict),
         .testTarget(name: "SwapfairConfigTests", dependencies: ["SwapfairConfig"], swiftSettings: strict),
         .testTarget(name: "SwapfairCgroupTests", dependencies: ["SwapfairCgroup", "SwapfairTestSupport"], swiftSettings: strict),

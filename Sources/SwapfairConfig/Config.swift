@@ -42,6 +42,31 @@ public enum VMLocation: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// An I/O rate: operations per second or bytes per second.
+public enum IORate: Sendable, Equatable, CustomStringConvertible {
+    case iops(Double)
+    case bytesPerSecond(UInt64)
+    public var description: String {
+        switch self {
+        case .iops(let v): return "\(Int(v)) IOPS"
+        case .bytesPerSecond(let b): return "\(Format.bytes(b))/s"
+        }
+    }
+    var isIOPS: Bool { if case .iops = self { return true } else { return false } }
+}
+
+/// A VM's swap device: its volume and its share of the swap engine (`swap_device = { ... }`).
+public struct SwapDeviceConfig: Sendable, Equatable {
+    public var size: UInt64
+    /// Relative share of the engine when VMs compete (1–10000).
+    public var weight: UInt64 = 100
+    public var reservation: IORate?
+    public var limit: IORate?
+    /// Users and groups (names or numbers) allowed to connect besides root.
+    public var users: [String] = []
+    public var groups: [String] = []
+}
+
 /// One `[[vm]]` table.
 public struct VMConfig: Sendable, Equatable {
     public var name: String
@@ -52,6 +77,7 @@ public struct VMConfig: Sendable, Equatable {
     public var swapLimit: SizeSpec?
     public var ioWeight: UInt64?
     public var location: VMLocation
+    public var swapDevice: SwapDeviceConfig?
     /// Line of the `[[vm]]` header, for messages.
     public var line: Int
 }
@@ -79,6 +105,12 @@ public struct HostConfig: Sendable, Equatable {
     /// Time constants of the slow and fast moving averages of the active fraction, in seconds.
     public var activitySlow: Double = 30
     public var activityFast: Double = 5
+    /// Where swap volumes live (`<state_dir>/volumes/NAME.img`).
+    public var stateDir: String = "/var/lib/swapfair"
+    /// Where the NBD sockets are (`<nbd_dir>/NAME.sock`).
+    public var nbdDir: String = "/run/swapfair/nbd"
+    /// Requests the swap engine keeps in flight at once.
+    public var swapQueueDepth: Int = 64
 
     public init() {}
 }

@@ -8,9 +8,11 @@ public enum ConfigLoader {
 
     static let hostKeys = ["memory_budget", "swap_budget", "interval", "pressure_target", "idle_tax",
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
-                            "activity_period", "activity_slow", "activity_fast"]
+                            "activity_period", "activity_slow", "activity_fast", "state_dir",
+                            "nbd_dir", "swap_queue_depth"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
-                         "cgroup", "pidfile", "unit"]
+                         "cgroup", "pidfile", "unit", "swap_device"]
+    static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups"]
 
     /// Loads a file. `facts` resolves percentages for the cross-checks (reservations within the budget).
     public static func load(path: String, facts: HostFacts) throws(ConfigError) -> SwapfairConfiguration {
@@ -116,6 +118,12 @@ struct Validator {
                     if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path") } else { h.socket = s }
                 }
             case "socket_group": if let s = string(e, key) { h.socketGroup = s }
+            case "state_dir", "nbd_dir":
+                if let s = string(e, key) {
+                    if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path") }
+                    else if e.key == "state_dir" { h.stateDir = s } else { h.nbdDir = s }
+                }
+            case "swap_queue_depth": if let d = integer(e, key, in: 1...4096) { h.swapQueueDepth = Int(d) }
             case "activity":
                 if let s = string(e, key) {
                     if let a = ActivitySource(rawValue: s) { h.activity = a } else {
@@ -161,6 +169,7 @@ struct Validator {
         var reservation = SizeSpec.bytes(0)
         var limit: SizeSpec?, swapLimit: SizeSpec?
         var locations: [(VMLocation, Int)] = []
+        var swapDevice: SwapDeviceConfig?
         for e in t.entries {
             let key = "\(label).\(e.key)"
             switch e.key {
@@ -186,6 +195,7 @@ struct Validator {
                     if let why = NameRules.unitProblem(s) { problem(e.line, key, why) }
                     else { locations.append((.unit(s), e.line)) }
                 }
+            case "swap_device": swapDevice = swapDeviceConfig(e, key)
             default: problem(e.line, key, "unknown key" + suggestion(e.key, ConfigLoader.vmKeys))
             }
         }
@@ -209,7 +219,7 @@ struct Validator {
         guard let name, problems.count == before else { return nil }
         return VMConfig(name: name, weight: weight, reservation: reservation, limit: limit,
                         swapWeight: swapWeight ?? weight, swapLimit: swapLimit, ioWeight: ioWeight,
-                        location: locations.first?.0 ?? .managedScope, line: t.line)
+                        location: locations.first?.0 ?? .managedScope, swapDevice: swapDevice, line: t.line)
     }
 
     mutating func crossCheck(_ host: HostConfig, _ vms: [VMConfig]) {
@@ -235,6 +245,70 @@ struct Validator {
                     "the reservations add up to \(Format.bytes(reserved)), more than host.memory_budget "
                     + "(\(Format.bytes(budget)))")
         }
+    }
+
+    /// `swap_device = { size = "4G", weight = 200, reservation = "500 iops", limit = "40M/s", users = ["qemu"] }`.
+    mutating func swapDeviceConfig(_ e: TOMLEntry, _ key: String) -> SwapDeviceConfig? {
+        guard case .table(let t) = e.value else {
+            problem(e.line, key, "must be a table such as { size = \"4G\" }")
+            return nil
+        }
+        var volumeSize: UInt64?
+        var d = SwapDeviceConfig(size: 0)
+        for f in t.entries {
+            let k = "\(key).\(f.key)"
+            switch f.key {
+            case "size":
+                if let s = size(f, k) {
+                    let b = s.resolve(against: 0)
+                    if case .percent = s { problem(f.line, k, "must be a size such as \"4G\", not a percentage") }
+                    else if b < 1 << 20 || b % 4096 != 0 { problem(f.line, k, "must be at least 1M and a multiple of 4K") }
+                    else { volumeSize = b }
+                }
+            case "weight": if let w = integer(f, k, in: 1...10_000) { d.weight = w }
+            case "reservation": d.reservation = rate(f, k)
+            case "limit": d.limit = rate(f, k)
+            case "users", "groups":
+                guard case .array(let items) = f.value else { problem(f.line, k, "must be a list such as [\"qemu\"]"); continue }
+                let names = items.compactMap { v -> String? in
+                    switch v {
+                    case .string(let s): return s
+                    case .integer(let i) where i >= 0: return String(i)
+                    default: problem(f.line, k, "must hold names or numbers"); return nil
+                    }
+                }
+                if f.key == "users" { d.users = names } else { d.groups = names }
+            default: problem(f.line, k, "unknown key" + suggestion(f.key, ConfigLoader.swapDeviceKeys))
+            }
+        }
+        guard let volumeSize else {
+            if t["size"] == nil { problem(e.line, key, "missing key \"size\"") }
+            return nil
+        }
+        d.size = volumeSize
+        if let r = d.reservation, let l = d.limit {
+            if r.isIOPS != l.isIOPS { problem(e.line, key, "reservation and limit must both be IOPS or both bytes/s") }
+            else if case .iops(let a) = r, case .iops(let b) = l, a > b { problem(e.line, key, "reservation is above the limit") }
+            else if case .bytesPerSecond(let a) = r, case .bytesPerSecond(let b) = l, a > b {
+                problem(e.line, key, "reservation is above the limit")
+            }
+        }
+        return d
+    }
+
+    /// "500 iops", "500iops" or "40M/s".
+    mutating func rate(_ e: TOMLEntry, _ key: String) -> IORate? {
+        guard case .string(let raw) = e.value else {
+            problem(e.line, key, "must be a rate such as \"500 iops\" or \"40M/s\"")
+            return nil
+        }
+        let s = raw.trimmingWhitespace().lowercased()
+        if s.hasSuffix("iops"), let v = Double(s.dropLast(4).trimmingWhitespace()), v > 0 { return .iops(v) }
+        if s.hasSuffix("/s"), let size = try? SizeParser.parse(String(s.dropLast(2))), case .bytes(let b) = size, b > 0 {
+            return .bytesPerSecond(b)
+        }
+        problem(e.line, key, "\"\(raw)\" is not a rate; write e.g. \"500 iops\" or \"40M/s\"")
+        return nil
     }
 
     // MARK: value readers

@@ -35,13 +35,15 @@ public final class ControlLoop {
     public let board: StatusBoard
     /// MGLRU sampling of active fractions, when the kernel has it; else the LRU lists are used.
     public let activity: ActivityMonitor?
+    /// The VMs' swap devices, when any are configured (for the status report).
+    public var swapDevices: SwapDevices?
     var vms: [TrackedVM]
     public private(set) var ticks: UInt64 = 0
     let startTime: Double
     var lastTickMilliseconds = 0.0
-    /// Writes smaller than this are skipped: the feedback moves in small steps and the kernel
-    /// rounds to pages anyway.
-    let writeThreshold: UInt64 = 256 << 10
+    /// Changes smaller than this (or than 1% of the value) are not written: they would change
+    /// nothing the kernel does and fill the log.
+    let writeThreshold: UInt64 = 1 << 20
 
     public init(configuration: SwapfairConfiguration, facts: HostFacts, root: CgroupRoot, logger: Logger,
                 writer: KnobWriter = KnobWriter(), board: StatusBoard = StatusBoard(), proc: String = "/proc",
@@ -260,7 +262,7 @@ public final class ControlLoop {
 
     func needsWrite(_ knob: Knob, _ old: LimitValue?, _ new: LimitValue) -> Bool {
         guard knob.controller == "memory", let old, let o = old.bytes, let n = new.bytes else { return old != new }
-        return (o > n ? o - n : n - o) >= writeThreshold || (o != n && (n == 0 || o == 0))
+        return (o > n ? o - n : n - o) >= max(writeThreshold, o / 100) || (o != n && (n == 0 || o == 0))
     }
 
     func show(_ knob: Knob, _ v: LimitValue?) -> String {
@@ -293,6 +295,7 @@ public final class ControlLoop {
             cgroupRoot: root.path, intervalSeconds: configuration.host.interval, ticks: ticks,
             uptimeSeconds: now - startTime, memoryBudget: policy.memoryBudget, swapBudget: policy.swapBudget,
             lastTickMilliseconds: lastTickMilliseconds)
+        let devices = swapDevices?.report(now: now) ?? [:]
         let rows = vms.map { vm -> StatusReport.VM in
             let p = vm.plan, o = vm.observation
             return StatusReport.VM(
@@ -302,7 +305,7 @@ public final class ControlLoop {
                 memoryCurrent: o?.memoryCurrent, swapCurrent: o?.swapCurrent,
                 swapMax: vm.applied[.memorySwapMax]?.bytes, stall: p?.stall, pressureAvg10: vm.pressureAvg10,
                 activeFraction: p?.activeFraction, highEvents: vm.events?.high, oomKills: vm.events?.oomKill,
-                lastDecision: p?.decision.summary)
+                lastDecision: p?.decision.summary, swapDevice: devices[vm.config.name])
         }
         return StatusReport(daemon: daemon, vms: rows)
     }

@@ -46,6 +46,11 @@ public final class Daemon: Sendable {
         }
     }
 
+    /// Sleeps up to `seconds`, returning early when a stop is requested.
+    public func sleep(_ seconds: Double) {
+        _ = wake.wait(timeout: .now() + .nanoseconds(Int(seconds * 1e9)))
+    }
+
     /// The loop itself. `maxTicks` bounds it (tests, `--ticks`).
     public func run(_ loop: ControlLoop, interval: Double, maxTicks: UInt64? = nil,
                     afterTick: (ControlLoop) -> Void = { _ in }) {

@@ -1,4 +1,5 @@
 import Foundation
+import SwapfairConfig
 import SwapfairPolicy
 
 /// What `swapfairctl status` shows: the daemon's view of every configured VM. Sent as JSON over
@@ -41,10 +42,52 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var highEvents: UInt64?
         public var oomKills: UInt64?
         public var lastDecision: String?
+        public var swapDevice: SwapDevice?
+    }
+
+    /// A VM's swap device: its export and its I/O.
+    public struct SwapDevice: Codable, Sendable, Equatable {
+        public var socket: String
+        public var size: UInt64
+        public var allocated: UInt64
+        public var connections: Int
+        public var reads: UInt64
+        public var writes: UInt64
+        public var readBytes: UInt64
+        public var writeBytes: UInt64
+        public var errors: UInt64
+        public var queued: Int
+        public var inFlight: Int
+        /// Over the last status period.
+        public var iops: Double
+        public var bytesPerSecond: Double
+        /// nil without a reservation.
+        public var reservationMet: Bool?
     }
 
     public var daemon: Daemon
     public var vms: [VM]
+
+    public init(daemon: Daemon, vms: [VM]) {
+        self.daemon = daemon
+        self.vms = vms
+    }
+
+    /// The report of a daemon that serves swap devices only (`--swap-only`).
+    public static func swapOnly(_ c: SwapfairConfiguration, devices: SwapDevices, now: Double, started: Double,
+                                ticks: UInt64) -> StatusReport {
+        let figures = devices.report(now: now)
+        let daemon = Daemon(version: SwapfairVersion.string, pid: currentPID(), config: c.source, backend: "none (swap only)",
+                            activity: "-", cgroupRoot: "-", intervalSeconds: c.host.interval, ticks: ticks,
+                            uptimeSeconds: now - started, memoryBudget: 0, swapBudget: 0, lastTickMilliseconds: 0)
+        let vms = c.vms.map { vm in
+            VM(name: vm.name, state: figures[vm.name] == nil ? "no swap device" : "swap device only", cgroup: nil,
+               weight: Double(vm.weight), reservation: 0, limit: nil, demand: nil, entitled: nil, memoryHigh: nil,
+               memoryCurrent: nil, swapCurrent: nil, swapMax: nil, stall: nil, pressureAvg10: nil, activeFraction: nil,
+               highEvents: nil, oomKills: nil, lastDecision: nil, swapDevice: figures[vm.name])
+        }
+        return StatusReport(daemon: daemon, vms: vms)
+    }
 
     static let encoder: JSONEncoder = {
         let e = JSONEncoder()

@@ -23,7 +23,20 @@ public enum StatusTable {
                 vm.stall.map { Format.percent($0) } ?? "-", vm.activeFraction.map { Format.percent($0) } ?? "-",
             ])
         }
-        return out + table(header, rows)
+        out += table(header, rows)
+        let devices = r.vms.compactMap { vm in vm.swapDevice.map { (vm.name, $0) } }
+        if !devices.isEmpty {
+            out += "\nswap devices\n"
+            out += table(["VM", "SOCKET", "SIZE", "ALLOCATED", "CLIENTS", "IOPS", "THROUGHPUT", "READ", "WRITTEN",
+                          "QUEUED", "ERRORS", "RESERVATION"],
+                         devices.map { name, d in
+                             [name, d.socket, Format.bytes(d.size), Format.bytes(d.allocated), "\(d.connections)",
+                              String(format: "%.0f", d.iops), Format.bytes(UInt64(d.bytesPerSecond)) + "/s",
+                              Format.bytes(d.readBytes), Format.bytes(d.writeBytes), "\(d.queued)", "\(d.errors)",
+                              d.reservationMet.map { $0 ? "met" : "NOT MET" } ?? "-"]
+                         })
+        }
+        return out
     }
 
     static func weight(_ w: Double) -> String { w == w.rounded() ? String(Int(w)) : String(format: "%.1f", w) }

@@ -51,11 +51,11 @@ public struct ActivityEstimator: Sendable, Equatable {
 
     /// The raw active fraction of one period, in 0...1.
     public func rawFraction(_ s: ActivitySample) -> Double {
-        if let f = s.sampledActiveFraction { return min(max(f, 0), 1) }
         let total = Double(s.activeBytes) + Double(s.inactiveBytes)
+        let refault = total > 0 ? Double(s.refaultedBytes) / total : 0
+        if let f = s.sampledActiveFraction { return min(1, max(min(max(f, 0), 1), refault)) }
         guard total > 0 else { return 1 }  // nothing to judge by: assume active (no tax)
         let lru = Double(s.activeBytes) / total
-        let refault = Double(s.refaultedBytes) / total
         return min(1, max(lru, refault))
     }
 

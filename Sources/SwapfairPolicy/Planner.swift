@@ -190,8 +190,12 @@ public struct Planner: Sendable {
                 stall = min(1, Double(o.pressureSomeTotal - previous.pressureSomeTotal) / (elapsed * 1e6))
                 refaulted = o.refaultedTotal - previous.refaultedTotal
             }
+            // A VM that stalls on memory is not idle, whatever the sampling says: while it waits on
+            // swap-ins it cannot touch its resident pages, and taxing it would deepen the thrash.
+            let stalled = (stall ?? 0) > host.feedback.target
             let sample = ActivitySample(activeBytes: o.activeBytes, inactiveBytes: o.inactiveBytes,
-                                        refaultedBytes: refaulted, sampledActiveFraction: o.sampledActiveFraction)
+                                        refaultedBytes: refaulted,
+                                        sampledActiveFraction: stalled ? 1 : o.sampledActiveFraction)
             let (fraction, activity) = host.activity.update(previous?.activity, sample: sample, elapsed: elapsed)
             // A restart resumes from the limit it finds instead of jumping.
             let start = previous?.feedback

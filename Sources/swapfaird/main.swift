@@ -34,6 +34,9 @@ struct Swapfaird: ParsableCommand {
     @Flag(name: .long, help: "Accept a cgroup root that is not a mounted cgroup2 file system (tests, fake trees).")
     var allowFakeRoot = false
 
+    @Flag(name: .long, help: "Serve the VMs' swap devices only; no memory control (hosts without cgroup v2).")
+    var swapOnly = false
+
     func run() throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { _ in LineLogHandler(level: level) }
@@ -47,6 +50,18 @@ struct Swapfaird: ParsableCommand {
         }
         if let cgroupRoot { configuration.host.cgroupRoot = cgroupRoot }
         if let socket { configuration.host.socket = socket }
+
+        var devices: SwapDevices?
+        if configuration.vms.contains(where: { $0.swapDevice != nil }) {
+            if !allowFakeRoot { SwapServerProtection.apply(logger: logger) }
+            do { devices = try SwapDevices(configuration: configuration, logger: logger) } catch {
+                fail("\(error)")
+            }
+        }
+        if swapOnly {
+            runSwapOnly(configuration, devices: devices, logger: logger)
+            return
+        }
 
         let root: CgroupRoot
         do {
@@ -84,6 +99,7 @@ struct Swapfaird: ParsableCommand {
         monitor?.start()
         let loop = ControlLoop(configuration: configuration, facts: facts, root: root, logger: logger, board: board,
                                activity: monitor, now: monotonicSeconds())
+        loop.swapDevices = devices
         let daemon = Daemon()
         let signals = daemon.handleSignals(logger: logger)
 
@@ -107,8 +123,32 @@ struct Swapfaird: ParsableCommand {
         daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks)
         server?.stop()
         monitor?.stop()
+        devices?.stop()
         withExtendedLifetime(signals) {}
         logger.notice("stopped", metadata: ["ticks": "\(loop.ticks)"])
+    }
+
+    /// Serves swap devices and the control socket, nothing else, until SIGTERM or SIGINT.
+    func runSwapOnly(_ c: SwapfairConfiguration, devices: SwapDevices?, logger: Logger) {
+        guard let devices else { fail("--swap-only, but no VM has a swap_device") }
+        logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(devices.servers.count)"])
+        let board = StatusBoard()
+        let server = try? ControlServer(path: c.host.socket, board: board, allowedGroup: nil, logger: logger)
+        if let server { Thread { server.serve() }.start() }
+        let daemon = Daemon()
+        let signals = daemon.handleSignals(logger: logger)
+        let started = monotonicSeconds()
+        var ticks: UInt64 = 0
+        while !daemon.stopRequested {
+            ticks += 1
+            board.publish(StatusReport.swapOnly(c, devices: devices, now: monotonicSeconds(), started: started, ticks: ticks))
+            if let limit = self.ticks, ticks >= limit { break }
+            daemon.sleep(c.host.interval)
+        }
+        server?.stop()
+        devices.stop()
+        withExtendedLifetime(signals) {}
+        logger.notice("stopped")
     }
 
     func fail(_ message: String) -> Never {

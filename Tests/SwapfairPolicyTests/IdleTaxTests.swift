@@ -58,3 +58,22 @@ import Testing
         #expect(f == 0.6)
     }
 }
+
+@Suite struct StallIsActivityTests {
+    /// Sampling reads a thrashing VM as partly idle (it waits on swap-ins instead of touching its
+    /// pages); the planner must not tax it for that.
+    @Test func aStalledVMIsNotTaxedWhateverTheSampleSays() {
+        let budget = 4 * GiB
+        let prior = VMControlState(feedback: .init(demand: budget), activity: .init(slow: 1, fast: 1), time: 0,
+                                   pressureSomeTotal: 0, refaultedTotal: 0, heldMark: Double(budget))
+        func vm(_ name: String, stallMicros: UInt64) -> VMInput {
+            VMInput(VMEntitlement(name: name), VMObservation(time: 1, memoryCurrent: budget / 2, memoryHigh: budget / 2,
+                                                             pressureSomeTotal: stallMicros, sampledActiveFraction: 0.3),
+                    state: prior)
+        }
+        let p = Planner(HostPolicy(memoryBudget: budget, swapBudget: 0)).plan([vm("a", stallMicros: 400_000),
+                                                                               vm("b", stallMicros: 400_000)])
+        #expect(p[0].activeFraction == 1 && p[1].activeFraction == 1)
+        #expect(p[0].entitled == p[1].entitled)
+    }
+}

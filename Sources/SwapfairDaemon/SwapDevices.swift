@@ -1,0 +1,150 @@
+import Foundation
+import Logging
+import Synchronization
+import SwapfairConfig
+import SwapfairExport
+import SwapfairIO
+import SwapfairSys
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every VM's swap device: its volume, its NBD export, and its share of the one swap engine.
+public final class SwapDevices: Sendable {
+    public let engine: SwapEngine
+    public let pool: BufferPool
+    public let servers: [String: ExportServer]
+    let clients: [String: Int]
+    let shares: [String: IOShare]
+    private let lastSample = Mutex<(time: Double, stats: [Int: ClientIOStats])>((0, [:]))
+
+    public enum Failure: Error, CustomStringConvertible {
+        case volume(String, Volume.Failure)
+        case export(String, SysError)
+        case engine(SysError)
+        case unknownUser(String, String)
+        public var description: String {
+            switch self {
+            case .volume(let vm, let e): return "VM \(vm): \(e)"
+            case .export(let vm, let e): return "VM \(vm): cannot serve its swap device: \(e)"
+            case .engine(let e): return "cannot start the swap engine: \(e)"
+            case .unknownUser(let vm, let u): return "VM \(vm): swap_device allows \"\(u)\", which is not a user or group here"
+            }
+        }
+    }
+
+    /// Opens every configured volume (creating it sparse if missing) and starts its export.
+    public init(configuration c: SwapfairConfiguration, logger: Logger) throws(Failure) {
+        let devices = c.vms.enumerated().compactMap { i, vm in vm.swapDevice.map { (i, vm, $0) } }
+        do { engine = try SwapEngine(queueDepth: c.host.swapQueueDepth) } catch { throw .engine(error) }
+        // Enough buffers for the queue depth and a request being read from every socket.
+        pool = BufferPool(count: c.host.swapQueueDepth + 4 * max(1, devices.count), bufferSize: 1 << 20)
+        let volumes = c.host.stateDir + "/volumes"
+        do {
+            try FileAccess.makeDirectory(c.host.stateDir, mode: 0o700)
+            try FileAccess.makeDirectory(volumes, mode: 0o700)
+        } catch { throw .export("*", error) }
+        var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]
+        for (index, vm, d) in devices {
+            let volume: Volume
+            do { volume = try Volume(path: "\(volumes)/\(vm.name).img", size: d.size) } catch { throw .volume(vm.name, error) }
+            var access = ExportAccess()
+            for u in d.users {
+                guard let uid = UInt32(u) ?? getpwnam(u).map({ $0.pointee.pw_uid }) else { throw .unknownUser(vm.name, u) }
+                access.uids.insert(uid)
+            }
+            for g in d.groups {
+                guard let gid = UInt32(g) ?? getgrnam(g).map({ $0.pointee.gr_gid }) else { throw .unknownUser(vm.name, g) }
+                access.gids.insert(gid)
+            }
+            let share = Self.share(d)
+            engine.setShare(client: index, share)
+            do {
+                let server = try ExportServer(name: vm.name, socketPath: "\(c.host.nbdDir)/\(vm.name).sock", volume: volume,
+                                              client: index, engine: engine, pool: pool, access: access, logger: logger)
+                servers[vm.name] = server
+            } catch { throw .export(vm.name, error) }
+            clients[vm.name] = index
+            shares[vm.name] = share
+            logger.notice("swap device ready", metadata: [
+                "vm": "\(vm.name)", "socket": "\(c.host.nbdDir)/\(vm.name).sock", "volume": "\(volume.path)",
+                "size": "\(d.size)", "direct_io": "\(volume.direct)", "share": "\(Self.describe(share))",
+            ])
+        }
+        self.servers = servers
+        self.clients = clients
+        self.shares = shares
+        engine.start()
+        for s in servers.values { s.start() }
+    }
+
+    static func share(_ d: SwapDeviceConfig) -> IOShare {
+        func value(_ r: IORate?) -> Double? {
+            switch r {
+            case .iops(let v)?: return v
+            case .bytesPerSecond(let b)?: return Double(b)
+            case nil: return nil
+            }
+        }
+        func bytes(_ r: IORate?) -> Bool { if case .bytesPerSecond? = r { return true } else { return false } }
+        let unit: IOShare.Unit = bytes(d.reservation) || bytes(d.limit) ? .bytesPerSecond : .iops
+        return IOShare(weight: Double(d.weight), reservation: value(d.reservation), limit: value(d.limit), unit: unit)
+    }
+
+    static func describe(_ s: IOShare) -> String {
+        let u = s.unit == .iops ? " IOPS" : " B/s"
+        return "weight \(Int(s.weight))" + (s.reservation.map { ", reservation \(Int($0))\(u)" } ?? "")
+            + (s.limit.map { ", limit \(Int($0))\(u)" } ?? "")
+    }
+
+    public func stop() {
+        for s in servers.values { s.stop() }
+        engine.stop()
+    }
+
+    /// Per-VM figures since the previous call (rates) and in total.
+    public func report(now: Double) -> [String: StatusReport.SwapDevice] {
+        let stats = engine.statistics()
+        let (t0, previous) = lastSample.withLock { s in
+            defer { s = (now, stats) }
+            return (s.time, s.stats)
+        }
+        let dt = max(now - t0, 1e-3)
+        var out: [String: StatusReport.SwapDevice] = [:]
+        for (name, client) in clients {
+            let s = stats[client] ?? ClientIOStats()
+            let p = previous[client] ?? ClientIOStats()
+            let iops = Double((s.reads + s.writes) - (p.reads + p.writes)) / dt
+            let bytes = Double((s.readBytes + s.writeBytes) - (p.readBytes + p.writeBytes)) / dt
+            let share = shares[name]
+            var met: Bool?
+            if let r = share?.reservation {
+                let achieved = share?.unit == .iops ? iops : bytes
+                met = achieved >= r * 0.95 || s.queued == 0
+            }
+            out[name] = StatusReport.SwapDevice(
+                socket: servers[name]?.socketPath ?? "", size: servers[name]?.volume.size ?? 0,
+                allocated: servers[name]?.volume.allocatedBytes ?? 0, connections: servers[name]?.connectionCount ?? 0,
+                reads: s.reads, writes: s.writes, readBytes: s.readBytes, writeBytes: s.writeBytes, errors: s.errors,
+                queued: s.queued, inFlight: s.inFlight, iops: iops, bytesPerSecond: bytes, reservationMet: met)
+        }
+        return out
+    }
+}
+
+/// Keeps the daemon's own memory resident and its I/O exempt from memory-reclaim throttling: a
+/// process that serves swap must not need free memory, or wait for reclaim, to make progress.
+public enum SwapServerProtection {
+    public static func apply(logger: Logger) {
+        if mlockall(Int32(MCL_CURRENT | MCL_FUTURE)) != 0 {
+            logger.warning("mlockall failed: the daemon's memory may be swapped, which can deadlock swap it serves",
+                           metadata: ["error": "\(Errno(rawValue: errno).message)"])
+        }
+        do { try setIOFlusher() } catch {
+            logger.warning("PR_SET_IO_FLUSHER failed (kernel 5.6 or later and CAP_SYS_RESOURCE are needed)",
+                           metadata: ["error": "\(error)"])
+        }
+    }
+}

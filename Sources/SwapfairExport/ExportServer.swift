@@ -1,0 +1,291 @@
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+import SwapfairIO
+import SwapfairNBD
+import SwapfairSys
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who may connect to an export, checked against the peer's SO_PEERCRED.
+public struct ExportAccess: Sendable, Equatable {
+    public var uids: Set<UInt32>
+    public var gids: Set<UInt32>
+    public init(uids: Set<UInt32> = [0], gids: Set<UInt32> = []) {
+        self.uids = uids
+        self.gids = gids
+    }
+    public func allows(uid: UInt32, gid: UInt32) -> Bool { uid == 0 || uids.contains(uid) || gids.contains(gid) }
+}
+
+/// One VM's swap volume served over NBD on a Unix socket. Each connection gets a reader thread
+/// (handshake, requests) and a writer thread (replies); the I/O itself goes through the shared
+/// engine, which schedules the VMs fairly.
+public final class ExportServer: Sendable {
+    public let name: String
+    public let socketPath: String
+    public let volume: Volume
+    public let client: Int
+    let engine: SwapEngine
+    let pool: BufferPool
+    let access: ExportAccess
+    let logger: Logger
+    let listener: UnixSocket
+    let export: NBDExportInfo
+    private let connections = Mutex<[Int32: Connection]>([:])
+    private let stopped = Mutex(false)
+
+    public init(name: String, socketPath: String, volume: Volume, client: Int, engine: SwapEngine, pool: BufferPool,
+                access: ExportAccess, logger: Logger) throws(SysError) {
+        self.name = name
+        self.socketPath = socketPath
+        self.volume = volume
+        self.client = client
+        self.engine = engine
+        self.pool = pool
+        self.access = access
+        self.logger = logger
+        let flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .canMultiConn]
+        export = NBDExportInfo(name: name, size: volume.size, transmissionFlags: flags.rawValue,
+                               minimumBlock: 4096, preferredBlock: 4096, maximumBlock: UInt32(pool.bufferSize),
+                               description: "swapfair swap volume for \(name)")
+        let dir = "/" + socketPath.split(separator: "/").dropLast().joined(separator: "/")
+        try FileAccess.makeDirectory(dir, mode: 0o755)
+        // Group and others may connect at the socket level; SO_PEERCRED decides who is served.
+        listener = try UnixSocket.listen(at: socketPath, mode: 0o666, backlog: 64)
+    }
+
+    public func start() {
+        let t = Thread { [self] in acceptLoop() }
+        t.name = "nbd-\(name)"
+        t.start()
+    }
+
+    public func stop() {
+        stopped.withLock { $0 = true }
+        listener.shutdownBoth()
+        unlink(socketPath)
+        for c in connections.withLock({ Array($0.values) }) { c.close() }
+    }
+
+    public var connectionCount: Int { connections.withLock { $0.count } }
+
+    func acceptLoop() {
+        while !stopped.withLock({ $0 }) {
+            guard let sock = try? listener.accept() else { return }
+            guard let peer = try? sock.peerCredentials() else { continue }
+            guard access.allows(uid: peer.uid, gid: peer.gid) else {
+                logger.warning("NBD: refused a client not allowed on this VM's volume",
+                               metadata: ["vm": "\(name)", "uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
+                continue  // closing the socket is the whole answer: the spec has nothing better before the greeting
+            }
+            let c = Connection(server: self, socket: sock, peer: peer)
+            connections.withLock { $0[sock.fd.rawValue] = c }
+            c.start()
+        }
+    }
+
+    func finished(_ c: Connection) { connections.withLock { _ = $0.removeValue(forKey: c.socket.fd.rawValue) } }
+}
+
+/// A reply queued for the writer thread.
+struct Reply {
+    var header: [UInt8]
+    var data: IOBuffer?
+    var dataLength: Int
+}
+
+final class Connection: @unchecked Sendable {
+    // @unchecked: `socket` is immutable; the reply queue and counters are behind the mutex; the
+    // decoder state is the reader thread's own.
+    let server: ExportServer
+    let socket: UnixSocket
+    let peer: UnixSocket.Credentials
+    private struct Outbox {
+        var replies: [Reply] = []
+        var inFlight = 0
+        var closing = false
+    }
+    private let outbox = Mutex(Outbox())
+    private let ready = DispatchSemaphore(value: 0)
+    private let writerDone = DispatchSemaphore(value: 0)
+
+    init(server: ExportServer, socket: UnixSocket, peer: UnixSocket.Credentials) {
+        self.server = server
+        self.socket = socket
+        self.peer = peer
+    }
+
+    func start() {
+        let r = Thread { [self] in
+            readLoop()
+            close()
+            writerDone.wait()
+            server.finished(self)
+        }
+        r.name = "nbd-read"
+        r.start()
+        let w = Thread { [self] in
+            writeLoop()
+            writerDone.signal()
+        }
+        w.name = "nbd-write"
+        w.start()
+    }
+
+    func close() {
+        outbox.withLock { $0.closing = true }
+        socket.shutdownBoth()
+        ready.signal()
+    }
+
+    private func send(_ bytes: [UInt8]) -> Bool {
+        (try? socket.writeAll(bytes)) != nil
+    }
+
+    private func readLoop() {
+        let fd = socket.fd.rawValue
+        var chunk = [UInt8](repeating: 0, count: 256 << 10)
+        func readSome() -> ArraySlice<UInt8>? {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { return [] }
+            return n > 0 ? chunk[0..<n] : nil
+        }
+        // Handshake.
+        var handshake = NBDServerHandshake(exports: [server.export])
+        guard send(handshake.greeting()) else { return }
+        var export: NBDExportInfo?
+        negotiation: while export == nil {
+            guard let bytes = readSome() else { return }
+            for event in handshake.feed(Array(bytes)) {
+                switch event {
+                case .send(let out): guard send(out) else { return }
+                case .done(let e, _): export = e
+                case .close(let reason):
+                    server.logger.notice("NBD: closed a handshake", metadata: ["vm": "\(server.name)", "reason": "\(reason)"])
+                    return
+                case .abort: return
+                }
+            }
+            if handshake.isClosed { break negotiation }
+        }
+        guard let export else { return }
+        // Transmission.
+        var decoder = NBDRequestDecoder(export: export)
+        var pendingEvents = decoder.feed(handshake.remainingBytes)
+        while true {
+            for event in pendingEvents {
+                switch event {
+                case .request(let r, let payload):
+                    if r.command == .disc { return }
+                    handle(r, payload: payload)
+                case .invalid(let r, let error, _):
+                    enqueue(Reply(header: simpleReply(cookie: r.cookie, error: error), data: nil, dataLength: 0))
+                case .fatal(let reason):
+                    server.logger.notice("NBD: dropped a client that broke the protocol",
+                                         metadata: ["vm": "\(server.name)", "reason": "\(reason)"])
+                    return
+                }
+            }
+            guard let bytes = readSome() else { return }
+            pendingEvents = bytes.isEmpty ? [] : decoder.feed(Array(bytes))
+        }
+    }
+
+    private func handle(_ r: NBDRequest, payload: [UInt8]) {
+        let length = Int(r.length)
+        let op: BlockOp
+        var buffer: IOBuffer?
+        switch r.command {
+        case .read:
+            op = .read
+            buffer = server.pool.acquire(length)
+        case .write:
+            op = .write(fua: r.commandFlags.contains(.fua))
+            let b = server.pool.acquire(length)
+            payload.withUnsafeBytes { b.pointer.copyMemory(from: $0.baseAddress!, byteCount: length) }
+            buffer = b
+        case .flush: op = .flush
+        case .trim: op = .trim
+        case .writeZeroes: op = .zero(noHole: r.commandFlags.contains(.noHole))
+        default:
+            enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .invalid), data: nil, dataLength: 0))
+            return
+        }
+        outbox.withLock { $0.inFlight += 1 }
+        let cookie = r.cookie
+        let ioBuffer = buffer
+        let isRead = r.command == .read
+        server.engine.submit(BlockRequest(
+            client: server.client, volume: server.volume, op: op, offset: r.offset, length: r.length, buffer: ioBuffer
+        ) { [self] result in
+            let ok = result >= 0
+            let error: NBDErrorCode = ok ? .success : NBDErrorCode(linuxErrno: -result)
+            if isRead && ok {
+                enqueue(Reply(header: simpleReply(cookie: cookie, error: .success), data: ioBuffer, dataLength: length))
+            } else {
+                if let ioBuffer { server.pool.release(ioBuffer) }
+                enqueue(Reply(header: simpleReply(cookie: cookie, error: error), data: nil, dataLength: 0))
+            }
+            outbox.withLock { $0.inFlight -= 1 }
+        })
+    }
+
+    private func enqueue(_ reply: Reply) {
+        outbox.withLock { $0.replies.append(reply) }
+        ready.signal()
+    }
+
+    private func writeLoop() {
+        var broken = false
+        while true {
+            ready.wait()
+            let (batch, closing, inFlight) = outbox.withLock { box in
+                defer { box.replies.removeAll(keepingCapacity: true) }
+                return (box.replies, box.closing, box.inFlight)
+            }
+            for reply in batch {
+                if !broken {
+                    broken = !write(reply)
+                }
+                if let data = reply.data { server.pool.release(data) }
+            }
+            // After a disconnect, stay until the engine has answered every request in flight, so
+            // no buffer is left behind.
+            if closing && inFlight == 0 && outbox.withLock({ $0.replies.isEmpty && $0.inFlight == 0 }) { return }
+            if closing { usleep(1000); ready.signal() }
+        }
+    }
+
+    /// Header and data in one writev.
+    private func write(_ reply: Reply) -> Bool {
+        let fd = socket.fd.rawValue
+        return reply.header.withUnsafeBytes { header -> Bool in
+            var iov = [iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count)]
+            if let d = reply.data { iov.append(iovec(iov_base: d.pointer, iov_len: reply.dataLength)) }
+            var remaining = header.count + reply.dataLength
+            var index = 0
+            while remaining > 0 {
+                let n = iov.withUnsafeMutableBufferPointer { p in writev(fd, p.baseAddress! + index, Int32(p.count - index)) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                remaining -= n
+                var consumed = n
+                while index < iov.count && consumed >= iov[index].iov_len {
+                    consumed -= iov[index].iov_len
+                    index += 1
+                }
+                if index < iov.count && consumed > 0 {
+                    iov[index].iov_base = iov[index].iov_base! + consumed
+                    iov[index].iov_len -= consumed
+                }
+            }
+            return true
+        }
+    }
+}

@@ -1,0 +1,281 @@
+import Dispatch
+import Foundation
+import Synchronization
+import SwapfairSys
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a block request does.
+public enum BlockOp: Sendable, Equatable {
+    case read
+    case write(fua: Bool)
+    case flush
+    /// Discard: the range reads as zeroes afterwards and its disk space is freed.
+    case trim
+    /// Zero the range; `noHole` keeps it allocated.
+    case zero(noHole: Bool)
+}
+
+/// One request to the engine. `done` gets the result (0 or a positive byte count on success,
+/// -errno on failure) on the engine's thread: it must not block.
+public struct BlockRequest: Sendable {
+    public var client: Int
+    public var volume: Volume
+    public var op: BlockOp
+    public var offset: UInt64
+    public var length: UInt32
+    /// The read target or the write source.
+    public var buffer: IOBuffer?
+    public var done: @Sendable (Int32) -> Void
+
+    public init(client: Int, volume: Volume, op: BlockOp, offset: UInt64, length: UInt32, buffer: IOBuffer?,
+                done: @escaping @Sendable (Int32) -> Void) {
+        self.client = client
+        self.volume = volume
+        self.op = op
+        self.offset = offset
+        self.length = length
+        self.buffer = buffer
+        self.done = done
+    }
+}
+
+/// Per-client I/O counters, for `swapfairctl status`.
+public struct ClientIOStats: Sendable, Equatable, Codable {
+    public var reads: UInt64 = 0
+    public var writes: UInt64 = 0
+    public var readBytes: UInt64 = 0
+    public var writeBytes: UInt64 = 0
+    public var errors: UInt64 = 0
+    public var queued: Int = 0
+    public var inFlight: Int = 0
+    /// Requests dispatched to meet the client's reservation (as opposed to by weight).
+    public var reservationDispatches: UInt64 = 0
+    public init() {}
+}
+
+/// The swap device engine: one thread, one io_uring, one fair scheduler. Connections submit
+/// requests from their own threads; the engine orders them by mClock tags (reservation, weight,
+/// limit) and keeps at most `queueDepth` in flight on the ring.
+public final class SwapEngine: @unchecked Sendable {
+    // @unchecked: the ring, the scheduler and `pending` are touched only by the engine thread;
+    // everything shared sits behind the mutexes.
+    public let queueDepth: Int
+    private let ring: IORing
+    private var scheduler: FairScheduler<UInt64>
+    private var pending: [UInt64: BlockRequest] = [:]
+    private var nextTag: UInt64 = 1
+    private var inFlight = 0
+
+    private struct Inbox {
+        var requests: [BlockRequest] = []
+        var shares: [(Int, IOShare?)] = []  // nil: remove the client
+        var sleeping = false
+        var stopping = false
+    }
+    private let inbox = Mutex(Inbox())
+    private let stats = Mutex<[Int: ClientIOStats]>([:])
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    private let wakeBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
+    private static let wakeTag: UInt64 = 0
+    private let finished = DispatchSemaphore(value: 0)
+
+    public init(queueDepth: Int = 64, costModel: CostModel = .default) throws(SysError) {
+        self.queueDepth = queueDepth
+        ring = try IORing(entries: UInt32(max(8, queueDepth * 2)))
+        scheduler = FairScheduler(costModel: costModel)
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw SysError("pipe", "engine wake-up", Errno(rawValue: errno)) }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+        wakeBuffer.deallocate()
+    }
+
+    // MARK: - submitting threads
+
+    public func setShare(client: Int, _ share: IOShare) {
+        wake { $0.shares.append((client, share)) }
+        stats.withLock { if $0[client] == nil { $0[client] = ClientIOStats() } }
+    }
+
+    public func removeClient(_ client: Int) { wake { $0.shares.append((client, nil)) } }
+
+    public func submit(_ r: BlockRequest) {
+        stats.withLock { $0[r.client, default: ClientIOStats()].queued += 1 }
+        wake { $0.requests.append(r) }
+    }
+
+    public func statistics() -> [Int: ClientIOStats] { stats.withLock { $0 } }
+
+    public func start() {
+        let t = Thread { [self] in
+            run()
+            finished.signal()
+        }
+        t.name = "swap-engine"
+        t.start()
+    }
+
+    /// Stops after the requests already in flight complete; queued ones fail with ESHUTDOWN.
+    public func stop() {
+        wake { $0.stopping = true }
+        finished.wait()
+    }
+
+    private func wake(_ change: (inout Inbox) -> Void) {
+        let sleeping = inbox.withLock { box -> Bool in
+            change(&box)
+            let s = box.sleeping
+            box.sleeping = false
+            return s
+        }
+        if sleeping {
+            var b: UInt8 = 1
+            _ = write(wakeWrite, &b, 1)
+        }
+    }
+
+    // MARK: - the engine thread
+
+    private func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    private func run() {
+        ring.prepare(.readWake(fd: wakeRead, buffer: wakeBuffer, length: 64), userData: Self.wakeTag)
+        var stopping = false
+        while true {
+            // 1. Take what the other threads handed over.
+            let (requests, shares, stop) = inbox.withLock { box in
+                defer { box.requests.removeAll(keepingCapacity: true); box.shares.removeAll() }
+                return (box.requests, box.shares, box.stopping)
+            }
+            stopping = stopping || stop
+            for (client, share) in shares {
+                if let share { scheduler.addClient(client, share: share) } else {
+                    for tag in scheduler.removeClient(client) { fail(tag, -ESHUTDOWN) }
+                }
+            }
+            let t = now()
+            for r in requests {
+                let tag = nextTag
+                nextTag += 1
+                pending[tag] = r
+                if scheduler.share(of: r.client) == nil { scheduler.addClient(r.client, share: IOShare(weight: 100)) }
+                scheduler.enqueue(tag, client: r.client, bytes: Int(r.length), now: t)
+            }
+            if stopping {
+                while let d = scheduler.dequeue(now: .infinity) { fail(d.item, -ESHUTDOWN) }
+                if inFlight == 0 { return }
+            }
+            // 2. Dispatch while there is room on the ring.
+            // The ring has room for twice the queue depth, so a prepare cannot fail here.
+            while inFlight < queueDepth, let d = scheduler.dequeue(now: t) {
+                let tag = d.item, phase = d.phase
+                guard let r = pending[tag] else { continue }
+                guard prepare(r, tag: tag) else { complete(tag, -EAGAIN); continue }
+                inFlight += 1
+                stats.withLock {
+                    $0[r.client, default: ClientIOStats()].queued -= 1
+                    $0[r.client, default: ClientIOStats()].inFlight += 1
+                    if phase == .reservation { $0[r.client, default: ClientIOStats()].reservationDispatches += 1 }
+                }
+            }
+            // 3. Submit, and sleep until a completion, a wake-up, or a limit lets a request go.
+            let idle = inbox.withLock { box -> Bool in
+                if box.requests.isEmpty && box.shares.isEmpty && !box.stopping { box.sleeping = true; return true }
+                return false
+            }
+            do {
+                if idle, let next = scheduler.nextEligibleTime(now: t), inFlight < queueDepth {
+                    try ring.submit()
+                    _ = try ring.wait(timeout: max(0, next - now()))
+                } else if idle {
+                    try ring.submit(wait: 1)
+                } else {
+                    try ring.submit()
+                }
+            } catch {
+                // The ring itself failed (should not happen): fail what is queued rather than hang.
+                while let d = scheduler.dequeue(now: .infinity) { fail(d.item, -EIO) }
+            }
+            inbox.withLock { $0.sleeping = false }
+            // 4. Completions.
+            ring.drainCompletions { tag, res in
+                if tag == Self.wakeTag {
+                    ring.prepare(.readWake(fd: wakeRead, buffer: wakeBuffer, length: 64), userData: Self.wakeTag)
+                    return
+                }
+                inFlight -= 1
+                complete(tag, res)
+            }
+        }
+    }
+
+    /// Prepares the ring operation for a request; false when the ring is full.
+    private func prepare(_ r: BlockRequest, tag: UInt64) -> Bool {
+        let fd = r.volume.fd
+        switch r.op {
+        case .read:
+            guard let b = r.buffer else { return ring.prepare(.sync(fd: fd), userData: tag) }
+            return ring.prepare(.read(fd: fd, buffer: b.pointer, length: r.length, offset: r.offset), userData: tag)
+        case .write(let fua):
+            guard let b = r.buffer else { return ring.prepare(.sync(fd: fd), userData: tag) }
+            return ring.prepare(.write(fd: fd, buffer: b.pointer, length: r.length, offset: r.offset, dsync: fua),
+                                userData: tag)
+        case .flush:
+            return ring.prepare(.sync(fd: fd), userData: tag)
+        case .trim:
+            return ring.prepare(.fallocate(fd: fd, mode: FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE, offset: r.offset,
+                                           length: UInt64(r.length)), userData: tag)
+        case .zero(let noHole):
+            let mode = noHole ? FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE : FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE
+            return ring.prepare(.fallocate(fd: fd, mode: mode, offset: r.offset, length: UInt64(r.length)), userData: tag)
+        }
+    }
+
+    private func complete(_ tag: UInt64, _ res: Int32) {
+        guard let r = pending.removeValue(forKey: tag) else { return }
+        var result = res
+        // A short read or write on a regular file means the end of the file: report an I/O error.
+        if res >= 0, r.buffer != nil, r.op == .read || r.op == .write(fua: false) || r.op == .write(fua: true),
+           res != Int32(r.length) {
+            result = -EIO
+        }
+        stats.withLock { all in
+            var s = all[r.client, default: ClientIOStats()]
+            s.inFlight -= 1
+            if result < 0 { s.errors += 1 }
+            switch r.op {
+            case .read: s.reads += 1; s.readBytes += UInt64(r.length)
+            case .write: s.writes += 1; s.writeBytes += UInt64(r.length)
+            default: break
+            }
+            all[r.client] = s
+        }
+        r.done(result)
+    }
+
+    private func fail(_ tag: UInt64, _ error: Int32) {
+        guard let r = pending.removeValue(forKey: tag) else { return }
+        stats.withLock { $0[r.client, default: ClientIOStats()].queued -= 1; $0[r.client, default: ClientIOStats()].errors += 1 }
+        r.done(error)
+    }
+}
+
+// fallocate modes (<linux/falloc.h>), not exported to Swift.
+let FALLOC_KEEP_SIZE: Int32 = 0x01
+let FALLOC_PUNCH_HOLE: Int32 = 0x02
+let FALLOC_ZERO_RANGE: Int32 = 0x10

@@ -1,0 +1,70 @@
+import CSwapfairShim
+import SwapfairSys
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One VM's swap volume: a sparse file, opened for direct I/O. Its contents outlive the daemon, so
+/// a guest finds the pages it swapped out after swapfaird restarts.
+public final class Volume: Sendable {
+    public let path: String
+    public let size: UInt64
+    public let fd: Int32
+    /// False where the file system refuses O_DIRECT (then the page cache is used).
+    public let direct: Bool
+
+    public enum Failure: Error, CustomStringConvertible, Equatable {
+        case cannotOpen(String, Errno)
+        case wouldShrink(path: String, existing: UInt64, configured: UInt64)
+        case notAligned(UInt64)
+        public var description: String {
+            switch self {
+            case .cannotOpen(let p, let e): return "cannot open volume \(p): \(e.message)"
+            case .wouldShrink(let p, let have, let want):
+                return "volume \(p) holds \(have) bytes but the configuration says \(want); refusing to shrink it "
+                    + "(the guest's swapped pages would be lost): raise the size or remove the file"
+            case .notAligned(let s): return "volume size \(s) is not a multiple of 4096"
+            }
+        }
+    }
+
+    /// Opens the volume, creating it sparse if missing and growing it if the configuration grew.
+    public init(path: String, size: UInt64) throws(Failure) {
+        guard size % 4096 == 0, size > 0 else { throw .notAligned(size) }
+        let flags = O_RDWR | O_CREAT | O_CLOEXEC
+        var fd = open(path, flags | swapfair_o_direct(), 0o600)
+        var direct = true
+        if fd < 0 && errno == EINVAL {
+            fd = open(path, flags, 0o600)
+            direct = false
+        }
+        guard fd >= 0 else { throw .cannotOpen(path, Errno(rawValue: errno)) }
+        var st = stat()
+        fstat(fd, &st)
+        let existing = UInt64(st.st_size)
+        if existing > size {
+            close(fd)
+            throw .wouldShrink(path: path, existing: existing, configured: size)
+        }
+        if existing < size && ftruncate(fd, off_t(size)) != 0 {
+            let e = Errno(rawValue: errno)
+            close(fd)
+            throw .cannotOpen(path, e)
+        }
+        self.path = path
+        self.size = size
+        self.fd = fd
+        self.direct = direct
+    }
+
+    deinit { close(fd) }
+
+    /// Bytes actually allocated on disk (the file is sparse).
+    public var allocatedBytes: UInt64 {
+        var st = stat()
+        fstat(fd, &st)
+        return UInt64(st.st_blocks) * 512
+    }
+}
