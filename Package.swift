@@ -97,13 +97,14 @@ let package = Package(
             path: "Benchmarks/TickBenchmark",
             swiftSettings: strict),
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
+        .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation"], swiftSettings: strict),
         .testTarget(name: "SwapfairConfigTests", dependencies: ["SwapfairConfig"], swiftSettings: strict),
         .testTarget(name: "SwapfairCgroupTests", dependencies: ["SwapfairCgroup", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "SwapfairDaemonTests",
             dependencies: ["SwapfairDaemon", "SwapfairCgroup", "SwapfairConfig", "SwapfairPolicy", "SwapfairTestSupport",
-                           "SwapfairSys", .product(name: "Logging", package: "swift-log")],
+                           "SwapfairSys", "SwapfairNBD", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
     ]
 )

@@ -67,16 +67,18 @@ public struct IOShare: Sendable, Equatable {
         /// Reference-size (4 KiB-equivalent) requests per second: a request counts as its cost,
         /// so a 64 KiB request uses several I/Os of the allowance (dmClock).
         case iops
-        /// Bytes per second: a request counts as its size.
+        /// Bytes per second: a request counts as its size. (Counted as such rather than
+        /// converted to cost at a fixed rate: any fixed bytes-to-cost rate is exact for one
+        /// request size only; at the 4 KiB rate a 64 KiB stream would move 2.7x its byte limit.)
         case bytesPerSecond
     }
 
-    /// Relative share of the device beyond reservations (> 0).
+    /// Relative share of the device beyond reservations (finite, > 0; checked).
     public var weight: Double
     /// Minimum rate, in `unit`, served ahead of any weight (nil or <= 0: none). A reservation
     /// above the limit is capped at the limit.
     public var reservation: Double?
-    /// Maximum rate, in `unit` (nil: none).
+    /// Maximum rate, in `unit` (nil: none; > 0, checked).
     public var limit: Double?
     public var unit: Unit
 
@@ -97,10 +99,16 @@ public enum IOPhase: Sendable, Equatable {
 }
 
 /// The mClock scheduler. `Item` is whatever the dispatcher needs to carry out a request.
+///
 /// Cost per operation: O(1) enqueue (O(backlogged clients) when a client with a reservation
 /// becomes backlogged), O(backlogged clients) dequeue: one pass over a dense array of head tags,
 /// which for tens of clients beats maintaining three heaps. Rare events (a share change, forgiving
 /// reservation debt, rebasing the proportional clock) are O(clients).
+///
+/// The tag arithmetic lives in the non-generic `FairSchedulerCore`, which queues integer tokens;
+/// this wrapper only parks the items. Unspecialised generic code costs ~10x here (runtime
+/// metadata lookups on every call), and callers are in other modules, so the wrapper is
+/// `@inlinable` (specialised in the caller) and the core is compiled once, fully optimised.
 public struct FairScheduler<Item: Sendable>: Sendable {
     /// A request chosen for dispatch.
     public struct Dispatch: Sendable {
@@ -110,10 +118,93 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         /// Its cost under the scheduler's cost model (what the device should be charged).
         public let cost: Double
         public let bytes: Int
+
+        @usableFromInline init(item: Item, client: Int, phase: IOPhase, cost: Double, bytes: Int) {
+            self.item = item; self.client = client; self.phase = phase; self.cost = cost; self.bytes = bytes
+        }
+    }
+
+    @usableFromInline var core: FairSchedulerCore
+    /// Queued items by token; tokens are reused, so this stays as large as the most ever queued.
+    @usableFromInline var items: [Item?] = []
+    @usableFromInline var freeTokens: [Int] = []
+
+    public init(costModel: CostModel = .default) {
+        core = FairSchedulerCore(costModel: costModel)
+    }
+
+    @inlinable public var costModel: CostModel { core.costModel }
+    @inlinable public var queuedCount: Int { core.queuedCount }
+    @inlinable public func queued(client id: Int) -> Int { core.queued(client: id) }
+    @inlinable public func share(of id: Int) -> IOShare? { core.share(of: id) }
+
+    /// Adds a client, or changes its share if it is already known (so a reconcile loop can
+    /// re-add without checking).
+    @inlinable public mutating func addClient(_ id: Int, share: IOShare) {
+        core.addClient(id, share: share)
+    }
+
+    /// Changes a known client's share; false (and nothing changes) if the id is unknown.
+    /// Re-sending an equal share is a no-op; a real change restarts the client's tags from the
+    /// present (see `FairSchedulerCore.updateClient`).
+    @inlinable @discardableResult
+    public mutating func updateClient(_ id: Int, share: IOShare) -> Bool {
+        core.updateClient(id, share: share)
+    }
+
+    /// Forgets a client and returns what it had queued, oldest first.
+    @inlinable public mutating func removeClient(_ id: Int) -> [Item] {
+        core.removeClient(id).map { take($0) }
+    }
+
+    /// Queues a request of `bytes` for `client`, which must have been added.
+    @inlinable public mutating func enqueue(_ item: Item, client id: Int, bytes: Int, now: Double) {
+        let token: Int
+        if let t = freeTokens.popLast() {
+            items[t] = item
+            token = t
+        } else {
+            token = items.count
+            items.append(item)
+        }
+        core.enqueue(token: token, client: id, bytes: bytes, now: now)
+    }
+
+    /// The next request to dispatch now, or nil: nothing is queued, or every client with work is
+    /// held by its limit (then `nextEligibleTime` says when to ask again). `now: .infinity`
+    /// drains (to fail what is queued): every request comes out, client by client in FIFO order,
+    /// as `.weight`, and no client is charged for it, so the scheduler can be used afterwards.
+    @inlinable public mutating func dequeue(now: Double) -> Dispatch? {
+        guard let d = core.dequeue(now: now) else { return nil }
+        return Dispatch(item: take(d.token), client: d.client, phase: d.phase, cost: d.cost, bytes: d.bytes)
+    }
+
+    /// When `dequeue` will next have something: `now` if it has now, the earliest L tag if every
+    /// client with work is held by its limit, nil if nothing is queued.
+    @inlinable public func nextEligibleTime(now: Double) -> Double? {
+        core.nextEligibleTime(now: now)
+    }
+
+    @inlinable mutating func take(_ token: Int) -> Item {
+        let item = items[token]!
+        items[token] = nil  // release it now, not when the token is reused
+        freeTokens.append(token)
+        return item
+    }
+}
+
+/// The scheduler's state and tag arithmetic, over request tokens.
+@usableFromInline struct FairSchedulerCore: Sendable {
+    @usableFromInline struct Dispatch: Sendable {
+        @usableFromInline let token: Int
+        @usableFromInline let client: Int
+        @usableFromInline let phase: IOPhase
+        @usableFromInline let cost: Double
+        @usableFromInline let bytes: Int
     }
 
     struct Request: Sendable {
-        var item: Item
+        var token: Int
         var arrival: Double
         var cost: Double
         var bytes: Int
@@ -168,7 +259,7 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         var slot: Int
     }
 
-    public let costModel: CostModel
+    @usableFromInline let costModel: CostModel
     var clients: [Client] = []
     var slotByID: [Int: Int] = [:]
     var freeSlots: [Int] = []
@@ -179,26 +270,24 @@ public struct FairScheduler<Item: Sendable>: Sendable {
     var vtime: Double = 0
     /// The latest `now` seen, to re-anchor tags when a share changes.
     var clock = -Double.infinity
-    public private(set) var queuedCount = 0
+    @usableFromInline private(set) var queuedCount = 0
 
     /// P tags grow without bound; past this they are shifted down so cost/weight steps keep
     /// their precision.
-    static var rebaseThreshold: Double { 0x1p30 }
+    static let rebaseThreshold: Double = 0x1p30
     /// How far a backlogged client's L chain may trail its last dispatch: absorbs a dispatcher
     /// that wakes a little late without letting waiting turn into a burst.
-    static var limitSlack: Double { 0.005 }
+    static let limitSlack: Double = 0.005
     /// The most reservation debt (seconds of R lag) kept when reservations exceed the device.
-    static var reservationMemory: Double { 1 }
+    static let reservationMemory: Double = 1
 
-    public init(costModel: CostModel = .default) {
+    @usableFromInline init(costModel: CostModel) {
         self.costModel = costModel
     }
 
     // MARK: Clients
 
-    /// Adds a client, or changes its share if it is already known (so a reconcile loop can
-    /// re-add without checking).
-    public mutating func addClient(_ id: Int, share: IOShare) {
+    @usableFromInline mutating func addClient(_ id: Int, share: IOShare) {
         if updateClient(id, share: share) { return }
         let client = Client(id: id, share: share)
         if let slot = freeSlots.popLast() {
@@ -210,12 +299,10 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         }
     }
 
-    /// Changes a known client's share; false (and nothing changes) if the id is unknown.
-    /// Re-sending an equal share is a no-op. A real change restarts the client's tags from the
-    /// present: old R/L chains would otherwise grant credit (or debt) earned under other rates,
-    /// and a P tag far ahead (service from a reservation since dropped) would starve it.
-    @discardableResult
-    public mutating func updateClient(_ id: Int, share: IOShare) -> Bool {
+    /// A real change restarts the client's tags from the present: old R/L chains would otherwise
+    /// grant credit (or debt) earned under other rates, and a P tag far ahead (service from a
+    /// reservation since dropped) would starve it.
+    @usableFromInline mutating func updateClient(_ id: Int, share: IOShare) -> Bool {
         guard let slot = slotByID[id] else { return false }
         if clients[slot].share == share { return true }
         clients[slot].apply(share)
@@ -229,34 +316,33 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         return true
     }
 
-    /// Forgets a client and returns what it had queued, oldest first.
-    public mutating func removeClient(_ id: Int) -> [Item] {
+    /// Forgets a client; returns the tokens it had queued, oldest first.
+    @usableFromInline mutating func removeClient(_ id: Int) -> [Int] {
         guard let slot = slotByID.removeValue(forKey: id) else { return [] }
         let i = clients[slot].activeIndex
         if i >= 0 { deactivate(at: i) }
-        let items = clients[slot].queue.drain().map(\.item)
-        queuedCount -= items.count
+        let tokens = clients[slot].queue.drain().map(\.token)
+        queuedCount -= tokens.count
         clients[slot] = Client(id: -1, share: IOShare())
         freeSlots.append(slot)
-        return items
+        return tokens
     }
 
-    public func queued(client id: Int) -> Int {
+    @usableFromInline func queued(client id: Int) -> Int {
         guard let slot = slotByID[id] else { return 0 }
         return clients[slot].queue.count
     }
 
-    public func share(of id: Int) -> IOShare? {
+    @usableFromInline func share(of id: Int) -> IOShare? {
         slotByID[id].map { clients[$0].share }
     }
 
     // MARK: Requests
 
-    /// Queues a request of `bytes` for `client`, which must have been added.
-    public mutating func enqueue(_ item: Item, client id: Int, bytes: Int, now: Double) {
+    @usableFromInline mutating func enqueue(token: Int, client id: Int, bytes: Int, now: Double) {
         guard let slot = slotByID[id] else { preconditionFailure("enqueue for unknown client \(id)") }
         clock = max(clock, now)
-        clients[slot].queue.append(Request(item: item, arrival: now, cost: costModel.cost(bytes: bytes), bytes: bytes))
+        clients[slot].queue.append(Request(token: token, arrival: now, cost: costModel.cost(bytes: bytes), bytes: bytes))
         queuedCount += 1
         if clients[slot].activeIndex < 0 {
             clients[slot].activeIndex = heads.count
@@ -264,9 +350,10 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         }
     }
 
-    /// The next request to dispatch now, or nil: nothing is queued, or every client with work is
-    /// held by its limit (then `nextEligibleTime` says when to ask again).
-    public mutating func dequeue(now: Double) -> Dispatch? {
+    @usableFromInline mutating func dequeue(now: Double) -> Dispatch? {
+        // A drain must not move the clock or the tags: at infinity every client would be held by
+        // its L tag forever, and charging drained requests would hold it back for their cost.
+        guard now.isFinite else { return heads.isEmpty ? nil : dispatch(at: 0, phase: .weight, now: clock, charging: false) }
         clock = max(clock, now)
         var bestR = -1, minR = Double.infinity
         var bestP = -1, minP = Double.infinity
@@ -285,9 +372,7 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         return nil
     }
 
-    /// When `dequeue` will next have something: `now` if it has now, the earliest L tag if every
-    /// client with work is held by its limit, nil if nothing is queued.
-    public func nextEligibleTime(now: Double) -> Double? {
+    @usableFromInline func nextEligibleTime(now: Double) -> Double? {
         if heads.isEmpty { return nil }
         var t = Double.infinity
         for h in heads {
@@ -297,22 +382,22 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         return t
     }
 
-    // MARK: Internals
+    // MARK: Tags
 
     /// Tags for the head of a client's queue, at `now`: its arrival if it has just made the client
     /// backlogged (`activating`), else the dispatch of its predecessor.
     func head(of slot: Int, now: Double, activating: Bool) -> Head {
-        let c = clients[slot]
-        let req = c.queue.first
-        let amount = c.amount(req)
+        let req = clients[slot].queue.first
+        let amount = clients[slot].amount(req)
+        let reservation = clients[slot].reservation
         var r = Double.infinity
-        if c.reservation > 0 {
-            r = c.rPrev + amount / c.reservation
+        if reservation > 0 {
+            r = clients[slot].rPrev + amount / reservation
             if activating { r = max(r, min(now, minimumR())) }
         }
         // amount/infinity = 0: an unlimited client is always due.
-        let l = max(c.lPrev + amount / c.limit, activating ? now : now - Self.limitSlack)
-        var p = c.pPrev + req.cost / c.weight
+        let l = max(clients[slot].lPrev + amount / clients[slot].limit, activating ? now : now - Self.limitSlack)
+        var p = clients[slot].pPrev + req.cost / clients[slot].weight
         if activating { p = max(p, vtime) }
         return Head(r: r, l: l, p: p, slot: slot)
     }
@@ -324,16 +409,28 @@ public struct FairScheduler<Item: Sendable>: Sendable {
         return m
     }
 
-    mutating func dispatch(at i: Int, phase: IOPhase, now: Double) -> Dispatch {
+    mutating func dispatch(at i: Int, phase: IOPhase, now: Double, charging: Bool = true) -> Dispatch {
         let h = heads[i]
         let slot = h.slot
         let req = clients[slot].queue.removeFirst()
         queuedCount -= 1
+        if charging { charge(slot, h, req, phase: phase, now: now) }
+        if clients[slot].queue.isEmpty {
+            deactivate(at: i)
+        } else {
+            heads[i] = head(of: slot, now: now, activating: false)
+        }
+        return Dispatch(token: req.token, client: clients[slot].id, phase: phase, cost: req.cost, bytes: req.bytes)
+    }
+
+    /// Advances the client's tag chains past a dispatched request.
+    mutating func charge(_ slot: Int, _ h: Head, _ req: Request, phase: IOPhase, now: Double) {
         clients[slot].lPrev = h.l
         clients[slot].pPrev = h.p
-        if clients[slot].reservation > 0 {
+        let reservation = clients[slot].reservation
+        if reservation > 0 {
             // Weight-phase service leaves the reservation chain where it was.
-            clients[slot].rPrev = phase == .reservation ? h.r : h.r - clients[slot].amount(req) / clients[slot].reservation
+            clients[slot].rPrev = phase == .reservation ? h.r : h.r - clients[slot].amount(req) / reservation
             if phase == .reservation && now - h.r > Self.reservationMemory {
                 forgiveReservationDebt(by: now - Self.reservationMemory - h.r)
             }
@@ -342,12 +439,6 @@ public struct FairScheduler<Item: Sendable>: Sendable {
             vtime = h.p
             if vtime > Self.rebaseThreshold { rebase() }
         }
-        if clients[slot].queue.isEmpty {
-            deactivate(at: i)
-        } else {
-            heads[i] = head(of: slot, now: now, activating: false)
-        }
-        return Dispatch(item: req.item, client: clients[slot].id, phase: phase, cost: req.cost, bytes: req.bytes)
     }
 
     mutating func deactivate(at i: Int) {
@@ -379,22 +470,21 @@ public struct FairScheduler<Item: Sendable>: Sendable {
     }
 }
 
-/// A FIFO over an array with a moving head: amortised O(1), contiguous, no per-element nodes.
+/// A FIFO over an array with a moving start: amortised O(1), contiguous, no per-element nodes.
 struct FIFO<Element: Sendable>: Sendable {
-    private var storage: [Element?] = []
+    private var storage: [Element] = []
     private var start = 0
 
     var count: Int { storage.count - start }
     var isEmpty: Bool { start == storage.count }
 
     /// The oldest element; the queue must not be empty.
-    var first: Element { storage[start]! }
+    var first: Element { storage[start] }
 
     mutating func append(_ e: Element) { storage.append(e) }
 
     mutating func removeFirst() -> Element {
-        let e = storage[start]!
-        storage[start] = nil  // release the item now, not at the next compaction
+        let e = storage[start]
         start += 1
         if start == storage.count {
             storage.removeAll(keepingCapacity: true)
@@ -407,7 +497,7 @@ struct FIFO<Element: Sendable>: Sendable {
     }
 
     mutating func drain() -> [Element] {
-        let out = storage[start...].map { $0! }
+        let out = Array(storage[start...])
         storage.removeAll()
         start = 0
         return out

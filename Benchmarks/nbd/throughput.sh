@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Throughput of one swapfair NBD export against qemu-nbd and nbdkit serving the same kind of
+# backing file, and against fio's io_uring on the file itself (the ceiling), side by side in one
+# run: 4 KiB random read and write at queue depth 32, 64 KiB sequential read and write.
+#   Benchmarks/nbd/throughput.sh [SECONDS_PER_JOB]        (default 8)
+# Needs fio, qemu-utils (qemu-nbd), nbdkit; installs them from Debian if missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-8}
+size=1G
+for p in fio qemu-utils nbdkit; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="${missing:-} $p"
+done
+[ -z "${missing:-}" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+swift build -c release --product swapfaird 2>&1 | grep -E "error|Compiling|Build complete" | tail -1
+work=$(mktemp -d /var/tmp/swapfair-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The same kind of backing file for every server: a fully written file of $size on the same disk
+# (written, not fallocated: reads of unwritten extents never reach the disk).
+for f in swapfair qemu nbdkit local; do
+    dd if=/dev/zero of="$work/$f.img" bs=1M count=$(( ${size%G} * 1024 )) oflag=direct status=none
+done
+mkdir -p "$work/state/volumes"
+mv "$work/swapfair.img" "$work/state/volumes/bench.img"
+cat > "$work/swapfair.toml" <<TOML
+[host]
+state_dir = "$work/state"
+nbd_dir = "$work/nbd"
+swap_queue_depth = 64
+[[vm]]
+name = "bench"
+swap_device = { size = "$size" }
+TOML
+.build/release/swapfaird --config "$work/swapfair.toml" --socket "$work/ctl.sock" --swap-only --log-level error &
+pids+=($!)
+qemu-nbd --format=raw --cache=none --aio=io_uring --shared=8 --persistent --socket="$work/qemu.sock" "$work/qemu.img" &
+pids+=($!)
+nbdkit --exit-with-parent --foreground --unix "$work/nbdkit.sock" file "$work/nbdkit.img" cache=none &
+pids+=($!)
+for s in "$work/nbd/bench.sock" "$work/qemu.sock" "$work/nbdkit.sock"; do
+    for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.1; done
+done
+
+job() {  # name target rw bs depth -> prints IOPS and MiB/s
+    local target=$1 rw=$2 bs=$3 qd=$4 out
+    if [ "${target#/}" != "$target" ]; then
+        out=$(fio --name=j --filename="$target" --ioengine=io_uring --direct=1 --rw="$rw" --bs="$bs" --iodepth="$qd" \
+              --size=$size --runtime="$secs" --time_based --output-format=json 2>/dev/null)
+    else
+        out=$(fio --name=j --ioengine=nbd --uri="$target" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+              --size=$size --runtime="$secs" --time_based --output-format=json 2>/dev/null)
+    fi
+    # fio's nbd engine prints "fio: connected to NBD server" before the JSON.
+    python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; r=j["read"]; w=j["write"]
+print("%.0f %.1f" % (r["iops"]+w["iops"], (r["bw_bytes"]+w["bw_bytes"])/1048576))' <<<"$out"
+}
+
+declare -A T=(
+    [swapfair]="nbd+unix:///bench?socket=$work/nbd/bench.sock"
+    [qemu-nbd]="nbd+unix:///?socket=$work/qemu.sock"
+    [nbdkit]="nbd+unix:///?socket=$work/nbdkit.sock"
+    [io_uring-local]="$work/local.img"
+)
+order=(io_uring-local swapfair qemu-nbd nbdkit)
+printf '%-16s %-9s %12s %12s %10s\n' TARGET JOB IOPS MiB/s "OF LOCAL"
+for spec in "randread 4k 32" "randwrite 4k 32" "read 64k 8" "write 64k 8"; do
+    set -- $spec
+    declare -A iops=()
+    for t in "${order[@]}"; do
+        read -r i m < <(job "${T[$t]}" "$1" "$2" "$3")
+        iops[$t]=$i
+        pct=$(python3 -c "print('%.0f%%' % (100*$i/max(${iops[io_uring-local]},1)))")
+        printf '%-16s %-9s %12s %12s %10s\n' "$t" "$1/$2" "$i" "$m" "$pct"
+    done
+    echo
+done
+echo "($secs s per job, fio $(fio --version), backing files on $(df --output=fstype "$work" | tail -1); qemu-nbd with cache=none aio=io_uring, nbdkit file cache=none)"
