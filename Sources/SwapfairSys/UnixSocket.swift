@@ -108,20 +108,24 @@ public final class UnixSocket: @unchecked Sendable {
         }
     }
 
-    /// Reads until `delimiter` (included) or end of stream, at most `limit` bytes.
+    /// Reads until `delimiter` (included) or end of stream, at most `limit` bytes. Never takes
+    /// more from the socket than it returns.
     public func read(until delimiter: UInt8? = nil, limit: Int) throws(SysError) -> [UInt8] {
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while out.count < limit {
-            let n: Int
+            let want = min(chunk.count, limit - out.count)
+            let got: Int
             do {
-                n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
+                got = try chunk.withUnsafeMutableBytes {
+                    try fd.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want]), retryOnInterrupt: true)
+                }
             } catch {
                 throw SysError("read", "socket", Errno(error))
             }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<min(n, limit - out.count)])
-            if let delimiter, chunk[0..<n].contains(delimiter) { break }
+            if got == 0 { break }
+            out.append(contentsOf: chunk[0..<got])
+            if let delimiter, chunk[0..<got].contains(delimiter) { break }
         }
         return out
     }
