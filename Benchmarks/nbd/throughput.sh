@@ -12,7 +12,7 @@ for p in fio qemu-utils nbdkit; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="${missing:-} $p"
 done
 [ -z "${missing:-}" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
-swift build -c release --product swapfaird 2>&1 | grep -E "error|Compiling|Build complete" | tail -1
+swift build -c release --product swapfaird 2>&1 | grep -E "error|complete" | tail -1 || true
 work=$(mktemp -d /var/tmp/swapfair-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }

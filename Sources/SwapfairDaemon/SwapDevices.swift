@@ -38,9 +38,9 @@ public final class SwapDevices: Sendable {
     /// Opens every configured volume (creating it sparse if missing) and starts its export.
     public init(configuration c: SwapfairConfiguration, logger: Logger) throws(Failure) {
         let devices = c.vms.enumerated().compactMap { i, vm in vm.swapDevice.map { (i, vm, $0) } }
-        do { engine = try SwapEngine(queueDepth: c.host.swapQueueDepth) } catch { throw .engine(error) }
-        // Enough buffers for the queue depth and a request being read from every socket.
-        pool = BufferPool(count: c.host.swapQueueDepth + 4 * max(1, devices.count), bufferSize: 1 << 20)
+        // Buffers for every request in flight, and for reads whose data is still being sent.
+        pool = BufferPool(count: c.host.swapQueueDepth * 2, bufferSize: 1 << 20)
+        do { engine = try SwapEngine(queueDepth: c.host.swapQueueDepth, pool: pool) } catch { throw .engine(error) }
         let volumes = c.host.stateDir + "/volumes"
         do {
             try FileAccess.makeDirectory(c.host.stateDir, mode: 0o700)

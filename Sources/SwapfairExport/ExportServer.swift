@@ -96,6 +96,8 @@ struct Reply {
     var header: [UInt8]
     var data: IOBuffer?
     var dataLength: Int
+    /// The answer to a request that went through the engine (it held a window slot).
+    var engine = false
 }
 
 final class Connection: @unchecked Sendable {
@@ -112,6 +114,9 @@ final class Connection: @unchecked Sendable {
     private let outbox = Mutex(Outbox())
     private let ready = DispatchSemaphore(value: 0)
     private let writerDone = DispatchSemaphore(value: 0)
+    /// Requests of this connection in the engine at most (see `handle`).
+    static let windowSize = 128
+    private let window = DispatchSemaphore(value: Connection.windowSize)
 
     init(server: ExportServer, socket: UnixSocket, peer: UnixSocket.Credentials) {
         self.server = server
@@ -198,16 +203,9 @@ final class Connection: @unchecked Sendable {
     private func handle(_ r: NBDRequest, payload: [UInt8]) {
         let length = Int(r.length)
         let op: BlockOp
-        var buffer: IOBuffer?
         switch r.command {
-        case .read:
-            op = .read
-            buffer = server.pool.acquire(length)
-        case .write:
-            op = .write(fua: r.commandFlags.contains(.fua))
-            let b = server.pool.acquire(length)
-            payload.withUnsafeBytes { b.pointer.copyMemory(from: $0.baseAddress!, byteCount: length) }
-            buffer = b
+        case .read: op = .read
+        case .write: op = .write(fua: r.commandFlags.contains(.fua))
         case .flush: op = .flush
         case .trim: op = .trim
         case .writeZeroes: op = .zero(noHole: r.commandFlags.contains(.noHole))
@@ -215,20 +213,21 @@ final class Connection: @unchecked Sendable {
             enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .invalid), data: nil, dataLength: 0))
             return
         }
+        // At most `window` requests of one connection wait in the engine: a client cannot make
+        // the daemon hold unbounded memory, and the scheduler still sees a deep queue per VM.
+        window.wait()
         outbox.withLock { $0.inFlight += 1 }
         let cookie = r.cookie
-        let ioBuffer = buffer
-        let isRead = r.command == .read
         server.engine.submit(BlockRequest(
-            client: server.client, volume: server.volume, op: op, offset: r.offset, length: r.length, buffer: ioBuffer
-        ) { [self] result in
-            let ok = result >= 0
-            let error: NBDErrorCode = ok ? .success : NBDErrorCode(linuxErrno: -result)
-            if isRead && ok {
-                enqueue(Reply(header: simpleReply(cookie: cookie, error: .success), data: ioBuffer, dataLength: length))
+            client: server.client, volume: server.volume, op: op, offset: r.offset, length: r.length,
+            payload: r.command == .write ? payload : nil
+        ) { [self] result, buffer in
+            let error: NBDErrorCode = result >= 0 ? .success : NBDErrorCode(linuxErrno: -result)
+            if let buffer {
+                enqueue(Reply(header: simpleReply(cookie: cookie, error: .success), data: buffer, dataLength: length,
+                              engine: true))
             } else {
-                if let ioBuffer { server.pool.release(ioBuffer) }
-                enqueue(Reply(header: simpleReply(cookie: cookie, error: error), data: nil, dataLength: 0))
+                enqueue(Reply(header: simpleReply(cookie: cookie, error: error), data: nil, dataLength: 0, engine: true))
             }
             outbox.withLock { $0.inFlight -= 1 }
         })
@@ -252,6 +251,7 @@ final class Connection: @unchecked Sendable {
                     broken = !write(reply)
                 }
                 if let data = reply.data { server.pool.release(data) }
+                if reply.engine { window.signal() }
             }
             // After a disconnect, stay until the engine has answered every request in flight, so
             // no buffer is left behind.

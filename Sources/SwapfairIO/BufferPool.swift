@@ -56,6 +56,14 @@ public final class BufferPool: Sendable {
         return IOBuffer(pointer: base.pointer + i * bufferSize, capacity: bufferSize, index: i)
     }
 
+    /// A buffer if one is free now, else nil. Oversized requests always get one of their own.
+    public func tryAcquire(_ length: Int) -> IOBuffer? {
+        if length > bufferSize { return acquire(length) }
+        guard available.wait(timeout: .now()) == .success else { return nil }
+        let i = freeList.withLock { $0.removeLast() }
+        return IOBuffer(pointer: base.pointer + i * bufferSize, capacity: bufferSize, index: i)
+    }
+
     public func release(_ b: IOBuffer) {
         if b.index < 0 {
             Glibc.free(b.pointer)
@@ -65,7 +73,8 @@ public final class BufferPool: Sendable {
         available.signal()
     }
 
-    public var inUse: Int { count - freeList.withLock { $0.count } }
+    public var inUse: Int { count - freeCount }
+    public var freeCount: Int { freeList.withLock { $0.count } }
 }
 
 extension UnsafeMutableRawPointer {

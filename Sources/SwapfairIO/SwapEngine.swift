@@ -20,26 +20,38 @@ public enum BlockOp: Sendable, Equatable {
 }
 
 /// One request to the engine. `done` gets the result (0 or a positive byte count on success,
-/// -errno on failure) on the engine's thread: it must not block.
+/// -errno on failure) and, for a successful read, the buffer holding the data, which the caller
+/// releases to the pool once sent. It runs on the engine's thread and must not block.
+///
+/// Buffers are taken from the pool only when the scheduler dispatches a request: a request that
+/// waits (behind its limit, or behind heavier clients) holds no buffer, so no client can starve
+/// the others of buffers.
 public struct BlockRequest: Sendable {
     public var client: Int
     public var volume: Volume
     public var op: BlockOp
     public var offset: UInt64
     public var length: UInt32
-    /// The read target or the write source.
-    public var buffer: IOBuffer?
-    public var done: @Sendable (Int32) -> Void
+    /// A write's data, as read from the client.
+    public var payload: [UInt8]?
+    public var done: @Sendable (Int32, IOBuffer?) -> Void
 
-    public init(client: Int, volume: Volume, op: BlockOp, offset: UInt64, length: UInt32, buffer: IOBuffer?,
-                done: @escaping @Sendable (Int32) -> Void) {
+    public init(client: Int, volume: Volume, op: BlockOp, offset: UInt64, length: UInt32, payload: [UInt8]? = nil,
+                done: @escaping @Sendable (Int32, IOBuffer?) -> Void) {
         self.client = client
         self.volume = volume
         self.op = op
         self.offset = offset
         self.length = length
-        self.buffer = buffer
+        self.payload = payload
         self.done = done
+    }
+
+    var needsBuffer: Bool {
+        switch op {
+        case .read, .write: return true
+        default: return false
+        }
     }
 }
 
@@ -65,8 +77,10 @@ public final class SwapEngine: @unchecked Sendable {
     // everything shared sits behind the mutexes.
     public let queueDepth: Int
     private let ring: IORing
+    public let pool: BufferPool
     private var scheduler: FairScheduler<UInt64>
     private var pending: [UInt64: BlockRequest] = [:]
+    private var buffers: [UInt64: IOBuffer] = [:]
     private var nextTag: UInt64 = 1
     private var inFlight = 0
 
@@ -84,8 +98,9 @@ public final class SwapEngine: @unchecked Sendable {
     private static let wakeTag: UInt64 = 0
     private let finished = DispatchSemaphore(value: 0)
 
-    public init(queueDepth: Int = 64, costModel: CostModel = .default) throws(SysError) {
+    public init(queueDepth: Int = 64, pool: BufferPool, costModel: CostModel = .default) throws(SysError) {
         self.queueDepth = queueDepth
+        self.pool = pool
         ring = try IORing(entries: UInt32(max(8, queueDepth * 2)))
         scheduler = FairScheduler(costModel: costModel)
         var fds: [Int32] = [0, 0]
@@ -181,11 +196,19 @@ public final class SwapEngine: @unchecked Sendable {
                 if inFlight == 0 { return }
             }
             // 2. Dispatch while there is room on the ring.
-            // The ring has room for twice the queue depth, so a prepare cannot fail here.
-            while inFlight < queueDepth, let d = scheduler.dequeue(now: t) {
+            // The ring has room for twice the queue depth, so a prepare cannot fail here. Only this
+            // thread takes buffers, so a free one seen here is still free when taken.
+            while inFlight < queueDepth, pool.freeCount > 0, let d = scheduler.dequeue(now: t) {
                 let tag = d.item, phase = d.phase
                 guard let r = pending[tag] else { continue }
-                guard prepare(r, tag: tag) else { complete(tag, -EAGAIN); continue }
+                if r.needsBuffer {
+                    guard let b = pool.tryAcquire(Int(r.length)) else { complete(tag, -ENOMEM); continue }
+                    if let payload = r.payload {
+                        payload.withUnsafeBytes { b.pointer.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, Int(r.length))) }
+                    }
+                    buffers[tag] = b
+                }
+                guard prepare(r, buffer: buffers[tag], tag: tag) else { complete(tag, -EAGAIN); continue }
                 inFlight += 1
                 stats.withLock {
                     $0[r.client, default: ClientIOStats()].queued -= 1
@@ -225,14 +248,14 @@ public final class SwapEngine: @unchecked Sendable {
     }
 
     /// Prepares the ring operation for a request; false when the ring is full.
-    private func prepare(_ r: BlockRequest, tag: UInt64) -> Bool {
+    private func prepare(_ r: BlockRequest, buffer: IOBuffer?, tag: UInt64) -> Bool {
         let fd = r.volume.fd
         switch r.op {
         case .read:
-            guard let b = r.buffer else { return ring.prepare(.sync(fd: fd), userData: tag) }
+            guard let b = buffer else { return false }
             return ring.prepare(.read(fd: fd, buffer: b.pointer, length: r.length, offset: r.offset), userData: tag)
         case .write(let fua):
-            guard let b = r.buffer else { return ring.prepare(.sync(fd: fd), userData: tag) }
+            guard let b = buffer else { return false }
             return ring.prepare(.write(fd: fd, buffer: b.pointer, length: r.length, offset: r.offset, dsync: fua),
                                 userData: tag)
         case .flush:
@@ -248,10 +271,10 @@ public final class SwapEngine: @unchecked Sendable {
 
     private func complete(_ tag: UInt64, _ res: Int32) {
         guard let r = pending.removeValue(forKey: tag) else { return }
+        let buffer = buffers.removeValue(forKey: tag)
         var result = res
         // A short read or write on a regular file means the end of the file: report an I/O error.
-        if res >= 0, r.buffer != nil, r.op == .read || r.op == .write(fua: false) || r.op == .write(fua: true),
-           res != Int32(r.length) {
+        if res >= 0, r.needsBuffer, res != Int32(r.length) {
             result = -EIO
         }
         stats.withLock { all in
@@ -265,13 +288,20 @@ public final class SwapEngine: @unchecked Sendable {
             }
             all[r.client] = s
         }
-        r.done(result)
+        // A read's buffer goes to the caller with the data; everything else comes back now.
+        if case .read = r.op, result >= 0, let buffer {
+            r.done(result, buffer)
+        } else {
+            if let buffer { pool.release(buffer) }
+            r.done(result, nil)
+        }
     }
 
     private func fail(_ tag: UInt64, _ error: Int32) {
         guard let r = pending.removeValue(forKey: tag) else { return }
         stats.withLock { $0[r.client, default: ClientIOStats()].queued -= 1; $0[r.client, default: ClientIOStats()].errors += 1 }
-        r.done(error)
+        if let b = buffers.removeValue(forKey: tag) { pool.release(b) }
+        r.done(error, nil)
     }
 }
 
