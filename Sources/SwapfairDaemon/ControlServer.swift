@@ -19,7 +19,7 @@ public final class ControlServer: Sendable {
 
     public init(path: String, board: StatusBoard, allowedGroup: UInt32?, logger: Logger) throws(SysError) {
         let dir = "/" + path.split(separator: "/").dropLast().joined(separator: "/")
-        try FileAccess.makeDirectory(dir, mode: 0o755)
+        try FileAccess.makeDirectories(dir, mode: 0o755)
         self.path = path
         self.socket = try UnixSocket.listen(at: path, mode: allowedGroup == nil ? 0o600 : 0o660)
         if let allowedGroup { chown(path, 0, allowedGroup) }

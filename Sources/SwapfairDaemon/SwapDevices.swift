@@ -43,7 +43,7 @@ public final class SwapDevices: Sendable {
         do { engine = try SwapEngine(queueDepth: c.host.swapQueueDepth, pool: pool) } catch { throw .engine(error) }
         let volumes = c.host.stateDir + "/volumes"
         do {
-            try FileAccess.makeDirectory(c.host.stateDir, mode: 0o700)
+            try FileAccess.makeDirectories(c.host.stateDir, mode: 0o700)
             try FileAccess.makeDirectory(volumes, mode: 0o700)
         } catch { throw .export("*", error) }
         var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]

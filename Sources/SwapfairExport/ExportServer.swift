@@ -49,11 +49,14 @@ public final class ExportServer: Sendable {
         self.access = access
         self.logger = logger
         let flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .canMultiConn]
+        // The maximum is the protocol's usual 32 MiB, not the pool's buffer size: the kernel's client
+        // does not ask for block sizes and sends up to max_sectors_kb (1280 KiB by default) at once.
+        // Requests larger than a pool buffer get a buffer of their own.
         export = NBDExportInfo(name: name, size: volume.size, transmissionFlags: flags.rawValue,
-                               minimumBlock: 4096, preferredBlock: 4096, maximumBlock: UInt32(pool.bufferSize),
+                               minimumBlock: 4096, preferredBlock: 4096, maximumBlock: 32 << 20,
                                description: "swapfair swap volume for \(name)")
         let dir = "/" + socketPath.split(separator: "/").dropLast().joined(separator: "/")
-        try FileAccess.makeDirectory(dir, mode: 0o755)
+        try FileAccess.makeDirectories(dir, mode: 0o755)
         // Group and others may connect at the socket level; SO_PEERCRED decides who is served.
         listener = try UnixSocket.listen(at: socketPath, mode: 0o666, backlog: 64)
     }
@@ -180,6 +183,7 @@ final class Connection: @unchecked Sendable {
         guard let export else { return }
         // Transmission.
         var decoder = NBDRequestDecoder(export: export)
+        var rejected = 0
         var pendingEvents = decoder.feed(handshake.remainingBytes)
         while true {
             for event in pendingEvents {
@@ -187,7 +191,14 @@ final class Connection: @unchecked Sendable {
                 case .request(let r, let payload):
                     if r.command == .disc { return }
                     handle(r, payload: payload)
-                case .invalid(let r, let error, _):
+                case .invalid(let r, let error, let reason):
+                    rejected += 1
+                    if rejected <= 5 {
+                        server.logger.notice("NBD: refused a request", metadata: [
+                            "vm": "\(server.name)", "reason": "\(reason)", "command": "\(r.type)",
+                            "offset": "\(r.offset)", "length": "\(r.length)",
+                        ])
+                    }
                     enqueue(Reply(header: simpleReply(cookie: r.cookie, error: error), data: nil, dataLength: 0))
                 case .fatal(let reason):
                     server.logger.notice("NBD: dropped a client that broke the protocol",

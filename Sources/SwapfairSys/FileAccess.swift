@@ -74,6 +74,16 @@ public enum FileAccess {
         }
     }
 
+    /// Creates a directory and any missing parents (`mkdir -p`). Parents get mode 0755.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o755) throws(SysError) {
+        var prefix = ""
+        let parts = path.split(separator: "/")
+        for (i, part) in parts.enumerated() {
+            prefix += "/" + part
+            try makeDirectory(prefix, mode: i == parts.count - 1 ? mode : 0o755)
+        }
+    }
+
     /// Removes an empty directory. The corresponding C function is `rmdir`.
     public static func removeDirectory(_ path: String) throws(SysError) {
         if rmdir(path) != 0 { throw SysError("rmdir", path, Errno(rawValue: errno)) }

@@ -109,6 +109,8 @@ struct Loadgen: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(help: "Touch one page in this many with a timed access (latency sampling).") var sampleEvery: Int = 8
     @Option(help: "Touches per second while busy (0: as fast as it can).") var rate: Double = 0
+    @Flag(help: "At the end, check that every page still holds the signature written when it was filled (pages that went to swap and came back intact). Exit status 3 on any mismatch.")
+    var verify = false
 
     func run() throws {
         guard let bytes = parseSize(memory), bytes >= 4096 else { throw ValidationError("bad --memory \(memory)") }
@@ -141,9 +143,12 @@ struct Loadgen: ParsableCommand {
 
         // Fill: every page gets distinct, incompressible content, as a guest's RAM would have.
         let t0 = now()
+        // Word 0 of every page is its signature (never touched afterwards), for --verify.
+        func signature(_ p: Int) -> UInt64 { (UInt64(p) &* 0x9E37_79B9_7F4A_7C15) ^ seed ^ 0x5357_4150_4641_4952 }
         for p in 0..<pages {
             let base = p * 512
-            for w in stride(from: 0, to: 512, by: 64) { words[base + w] = rng.next() }
+            words[base] = signature(p)
+            for w in stride(from: 64, to: 512, by: 64) { words[base + w] = rng.next() }
         }
         let filled = residency()
         emit(["label": label, "event": "filled", "t": now() - start, "seconds": now() - t0,
@@ -176,7 +181,7 @@ struct Loadgen: ParsableCommand {
                         let page: Int
                         if pattern == "skewed" && r % 10 != 0 { page = Int((r >> 8) % UInt64(hot)) }
                         else { page = Int((r >> 8) % UInt64(phaseWS)) }
-                        let word = page * 512 + Int(r & 511)
+                        let word = page * 512 + 1 + Int(r % 511)  // never word 0: the signature
                         if touches % sampleEvery == 0 {
                             var a = timespec(), b = timespec()
                             clock_gettime(CLOCK_MONOTONIC, &a)
@@ -214,6 +219,19 @@ struct Loadgen: ParsableCommand {
                            "p50_us": phaseLat.percentile(0.5), "p99_us": phaseLat.percentile(0.99)])
         }
         emit(["label": label, "event": "summary", "t": now() - start, "phases": totals])
+        if verify {
+            var bad = 0, firstBad = -1
+            for p in 0..<pages where words[p * 512] != signature(p) {
+                bad += 1
+                if firstBad < 0 { firstBad = p }
+            }
+            let res = residency()
+            emit(["label": label, "event": "verify", "pages": pages, "bad": bad, "first_bad": firstBad,
+                  "swap": res.swap, "rss": res.rss])
+            munmap(raw, Int(bytes))
+            if bad > 0 { Foundation.exit(3) }
+            return
+        }
         munmap(raw, Int(bytes))
     }
 }

@@ -363,7 +363,7 @@ def main():
         finally:
             cg_kill_and_remove(HOST)
         log(f"({n}: {time.monotonic() - t:.0f} s)")
-    log(f"lab: {c.passed} passed, {c.failed} failed")
+    log(f"scenarios: {c.passed} passed, {c.failed} failed")
     sys.exit(0 if c.failed == 0 else 1)
 
 

@@ -133,7 +133,7 @@ struct RawNBD {
             ("misaligned offset", 0, 0, 100, 4096, Self.EINVAL),
             ("misaligned length", 0, 0, 0, 100, Self.EINVAL),
             ("read past the end", 0, 0, size - 4096, 8192, Self.EINVAL),
-            ("read over the maximum block", 0, 0, 0, 4 << 20, Self.EINVAL),
+            ("read over the maximum block", 0, 0, 0, 64 << 20, Self.EINVAL),
             ("unknown command", 99, 0, 0, 4096, Self.EINVAL),
             ("unknown flags", 0, 0x8000, 0, 4096, Self.EINVAL),
             ("zero-length read", 0, 0, 0, 0, Self.EINVAL),
