@@ -4,6 +4,7 @@ import Logging
 import SwapfairCgroup
 import SwapfairConfig
 import SwapfairDaemon
+import SwapfairPolicy
 import SwapfairSys
 
 #if canImport(Glibc)
@@ -120,7 +121,20 @@ struct Swapfaird: ParsableCommand {
             thread.name = "control-socket"
             thread.start()
         }
-        daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks)
+        // systemd: READY once the VMs are placed and the first plan is applied; STATUS and a
+        // watchdog ping from every tick, so a loop that stops making progress gets restarted.
+        let notifier = ServiceNotifier(environment: ProcessInfo.processInfo.environment)
+        if let w = notifier.watchdogSeconds, w < configuration.host.interval * 2 {
+            logger.warning("WatchdogSec is shorter than two control intervals; the service may be restarted needlessly",
+                           metadata: ["watchdog_s": "\(w)", "interval_s": "\(configuration.host.interval)"])
+        }
+        daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks) { loop in
+            let summary = "\(loop.runningVMs.count) of \(configuration.vms.count) VMs managed, "
+                + "budget \(Format.bytes(loop.planner.host.memoryBudget))"
+            if loop.ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
+            notifier.watchdog()
+        }
+        notifier.stopping()
         server?.stop()
         monitor?.stop()
         devices?.stop()
@@ -138,13 +152,18 @@ struct Swapfaird: ParsableCommand {
         let daemon = Daemon()
         let signals = daemon.handleSignals(logger: logger)
         let started = monotonicSeconds()
+        let notifier = ServiceNotifier(environment: ProcessInfo.processInfo.environment)
         var ticks: UInt64 = 0
         while !daemon.stopRequested {
             ticks += 1
             board.publish(StatusReport.swapOnly(c, devices: devices, now: monotonicSeconds(), started: started, ticks: ticks))
+            let summary = "serving \(devices.servers.count) swap devices"
+            if ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
+            notifier.watchdog()
             if let limit = self.ticks, ticks >= limit { break }
             daemon.sleep(c.host.interval)
         }
+        notifier.stopping()
         server?.stop()
         devices.stop()
         withExtendedLifetime(signals) {}

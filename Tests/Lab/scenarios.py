@@ -4,7 +4,7 @@
     python3 Tests/Lab/scenarios.py [SCENARIO ...]     # default: all
 
 Each scenario runs the real swapfaird against swapfair-loadgen stand-ins in their own cgroups,
-prints its figures, and checks measured outcomes. The last line is "lab: N passed, M failed".
+prints its figures, and checks measured outcomes. The last line is "scenarios: N passed, M failed".
 A parent group lab.slice with memory.max = the budget plays the host's RAM in every mode.
 """
 import os

@@ -11,7 +11,11 @@ mkdir -p "$OUT"
 pass=0; fail=0
 ok() { echo "PASS: $*"; pass=$((pass+1)); }
 ko() { echo "FAIL: $*"; fail=$((fail+1)); }
+# nbd0 is to be the only swap; the guest's own swap comes back at the end.
+previous=$(swapon --show=NAME --noheadings)
 swapoff -a
+restore() { for d in $previous; do swapon "$d" 2>/dev/null; done; }
+trap restore EXIT
 cat > "$OUT/swapfair.toml" <<TOML
 [host]
 state_dir = "/tmp/swapdev-state"

@@ -111,6 +111,9 @@ func tool(_ name: String) throws -> String {
         var bad = 0
         for b in stride(from: 0, to: bytes.count, by: 4096) where bytes[b..<(b + 4096)] != back[b..<(b + 4096)] { bad += 1 }
         #expect(bad == 0, "\(bad) blocks differ")
+        // And qemu-img, a third client, compares the export with the file byte for byte.
+        let cmp = try run(try tool("qemu-img"), ["compare", "-f", "raw", "-F", "raw", input, d.uri("web")])
+        #expect(cmp.status == 0 && cmp.output.contains("Images are identical"), "\(cmp.output)")
     }
 
     @Test func fioVerifiesEveryBlockItWrote() throws {
