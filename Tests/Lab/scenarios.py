@@ -259,7 +259,9 @@ def swap_quota(c):
             longest = max(longest, streak)
         end_max = xs[-1]["swap_max"] if xs else 0
         peak = max((x["swap"] for x in xs), default=0)
-        c.check(longest <= 3, f"{n} was never short of swap below its fair share for more than 1.5 s "
+        # The daemon raises swap.max once a tick (1 s); a VM that fills its headroom in between
+        # waits for the next tick or two, not longer.
+        c.check(longest <= 6, f"{n} was never short of swap below its fair share for more than three ticks "
                 f"(longest {longest * 0.5:.1f} s)")
         c.check(end_max >= min(fair, peak + 32 * MiB) - MiB,
                 f"{n} holds its fair swap share or all it needs ({mib(end_max)}; fair {mib(fair)}, used {mib(peak)})")
