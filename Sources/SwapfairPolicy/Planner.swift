@@ -200,8 +200,10 @@ public struct Planner: Sendable {
             // A restart resumes from the limit it finds instead of jumping.
             let start = previous?.feedback
                 ?? PressureFeedback.State(demand: o.memoryHigh.map { min($0, ceiling) } ?? max(o.memoryCurrent, reservation))
+            let refaultRate = elapsed > 0 && o.memoryCurrent > 0 ? Double(refaulted) / Double(o.memoryCurrent) / elapsed : 0
             let (fb, decision) = feedback.step(start, usage: o.memoryCurrent, stall: previous == nil ? nil : stall,
-                                               floor: floor, ceiling: ceiling)
+                                               floor: floor, ceiling: ceiling, activeFraction: fraction,
+                                               refaultRate: refaultRate)
             let held = max(Double(o.memoryCurrent), (previous?.heldMark ?? 0) * (1 - host.heldMarkDecay))
             let state = VMControlState(feedback: fb, activity: activity, time: o.time,
                                        pressureSomeTotal: o.pressureSomeTotal, refaultedTotal: o.refaultedTotal,

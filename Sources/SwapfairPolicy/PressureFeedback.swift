@@ -20,6 +20,12 @@ public struct FeedbackParameters: Sendable, Equatable {
     /// ... for this many quiet ticks; then it probes again, so a shrinking working set is found.
     /// Without this memory, probing would hit the working set every few ticks (a sawtooth).
     public var stallMemoryTicks: Int = 180
+    /// Probing takes idle memory only: the demand is not probed below the VM's active memory
+    /// (usage × active fraction) plus this margin.
+    public var activeMargin: Double = 0.05
+    /// A VM that refaults more than this share of its memory per second wants more even if its
+    /// stall stays under the target (slow page-ins of a working set that does not fit).
+    public var refaultThreshold: Double = 0.0005
 
     public init() {}
 }
@@ -32,6 +38,7 @@ public enum FeedbackDecision: Sendable, Equatable {
     case cooldown(stall: Double, ticksLeft: Int)
     case probeDown(stall: Double, step: Double)
     case atFloor(stall: Double)
+    case refaulting(rate: Double, step: Double)
 
     public var summary: String {
         func pct(_ x: Double) -> String { Format.percent(x) }
@@ -41,7 +48,8 @@ public enum FeedbackDecision: Sendable, Equatable {
         case .hold(let s): return "stall \(pct(s)) near target: hold"
         case .cooldown(let s, let n): return "stall \(pct(s)): hold \(n) more tick(s) after a back-off"
         case .probeDown(let s, let st): return "stall \(pct(s)) below target: probe down \(pct(st))"
-        case .atFloor(let s): return "stall \(pct(s)): demand at its floor"
+        case .atFloor(let s): return "stall \(pct(s)): demand at its floor (idle memory probed away)"
+        case .refaulting(let r, let st): return "refaulting \(pct(r)) of its memory a second: grow demand by \(pct(st))"
         }
     }
 
@@ -79,8 +87,10 @@ public struct PressureFeedback: Sendable, Equatable {
 
     /// One tick. `usage` is `memory.current`; `stall` the share of the period stalled, or nil when it
     /// cannot be known yet (first tick); `floor...ceiling` bound the demand.
-    public func step(_ s: State, usage: UInt64, stall: Double?, floor: UInt64, ceiling: UInt64)
-        -> (State, FeedbackDecision)
+    /// `activeFraction`: the share of its memory the VM touched lately (1 when unknown);
+    /// `refaultRate`: the share of its memory refaulted per second.
+    public func step(_ s: State, usage: UInt64, stall: Double?, floor: UInt64, ceiling: UInt64,
+                     activeFraction: Double = 1, refaultRate: Double = 0) -> (State, FeedbackDecision)
     {
         let p = parameters
         let lo = Double(min(floor, ceiling)), hi = Double(max(floor, ceiling))
@@ -104,6 +114,16 @@ public struct PressureFeedback: Sendable, Equatable {
             next.cooldown = p.holdTicks
             return (next, .backOff(stall: stall, step: growth))
         }
+        if refaultRate > p.refaultThreshold {
+            // Its working set does not fit, but page-ins are quick enough to stay under the stall
+            // target: grow it gently rather than leave it faulting.
+            let growth = p.backoffStepMin
+            next.stallLevel = Double(min(s.demand, usage))
+            next.quietTicks = 0
+            next.demand = bounded(Double(max(s.demand, usage)) * (1 + growth))
+            next.cooldown = p.holdTicks
+            return (next, .refaulting(rate: refaultRate, step: growth))
+        }
         if s.cooldown > 0 {
             next.cooldown = s.cooldown - 1
             return (next, .cooldown(stall: stall, ticksLeft: next.cooldown))
@@ -115,7 +135,8 @@ public struct PressureFeedback: Sendable, Equatable {
         // demand would teach nothing, so the demand tracks usage from one step below it.
         let ratio = p.target / max(stall, 1e-9) / 10
         let step = min(p.probeStepMax, p.probeGain * ratio * ratio)
-        let stop = max(lo, next.stallLevel * (1 + p.stallMargin))
+        let active = Double(usage) * min(max(activeFraction, 0), 1) * (1 + p.activeMargin)
+        let stop = max(lo, next.stallLevel * (1 + p.stallMargin), min(active, Double(usage)))
         let probed = max(Double(usage) * (1 - step), stop)
         next.demand = bounded(probed)
         return (next, probed <= stop ? .atFloor(stall: stall) : .probeDown(stall: stall, step: step))

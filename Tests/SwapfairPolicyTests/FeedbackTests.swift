@@ -45,9 +45,33 @@ import SwapfairSimulation
     @Test func probesDownInSmallSteps() {
         let fb = PressureFeedback()
         let s = PressureFeedback.State(demand: 1 * GiB)
-        let (next, _) = fb.step(s, usage: 1 * GiB, stall: 0, floor: 0, ceiling: 64 * GiB)
+        let (next, _) = fb.step(s, usage: 1 * GiB, stall: 0, floor: 0, ceiling: 64 * GiB, activeFraction: 0.5)
         #expect(next.demand < 1 * GiB)
         #expect(Double(next.demand) >= Double(GiB) * (1 - FeedbackParameters().probeStepMax) - 1)
+    }
+
+    /// Probing takes idle memory only: a VM that touches all it holds keeps it.
+    @Test func aFullyActiveVMIsNotProbedBelowItsActiveMemory() {
+        let fb = PressureFeedback()
+        var s = PressureFeedback.State(demand: 1 * GiB)
+        for _ in 0..<50 { (s, _) = fb.step(s, usage: 1 * GiB, stall: 0, floor: 0, ceiling: 64 * GiB, activeFraction: 1) }
+        #expect(s.demand >= 1 * GiB - MiB)
+        // Now it touches only 256 MiB: the fraction is of what it holds, so it rises as it shrinks.
+        for _ in 0..<200 {
+            (s, _) = fb.step(s, usage: s.demand, stall: 0, floor: 0, ceiling: 64 * GiB,
+                             activeFraction: min(1, Double(256 * MiB) / Double(s.demand)))
+        }
+        #expect(Double(s.demand) <= 0.25 * 1.05 * Double(GiB) + Double(MiB))
+        #expect(Double(s.demand) >= 0.25 * Double(GiB))
+    }
+
+    /// Quick page-ins can stay under the stall target; refaults still mean the VM wants more.
+    @Test func refaultingGrowsTheDemandEvenWithoutStalls() {
+        let fb = PressureFeedback()
+        let s = PressureFeedback.State(demand: 1 * GiB)
+        let (next, decision) = fb.step(s, usage: 1 * GiB, stall: 0.001, floor: 0, ceiling: 64 * GiB, refaultRate: 0.002)
+        #expect(next.demand > 1 * GiB)
+        if case .refaulting = decision {} else { Issue.record("expected refaulting, got \(decision)") }
     }
 
     @Test func holdsInsideTheDeadBand() {
