@@ -33,8 +33,8 @@ def svg_plot(rows, names, budget, path):
     """Memory (solid), swap (dotted) and entitlement (dashed) of each VM over time."""
     W, H, L, R, T, B = 900, 420, 70, 150, 30, 45
     tmax = max(r["t"] for r in rows) or 1
-    ymax = max([budget] + [r[f"{n}_current"] + 0 for r in rows for n in names] +
-               [r[f"{n}_swap"] for r in rows for n in names]) * 1.05
+    # A VM whose stand-in has finished has no figures in the last rows.
+    ymax = max([budget] + [r.get(f"{n}_{k}") or 0 for r in rows for n in names for k in ("current", "swap", "entitled")]) * 1.05
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
 
     def x(t): return L + (W - L - R) * t / tmax
@@ -136,7 +136,7 @@ def main():
     log("\nsummary")
     for s, n in zip(standins, names):
         summ = s.summary() or {"phases": []}
-        phases = ", ".join(f"{p['phase']} {p['rate'] / 1000:.0f}k touches/s, {p['majflt_per_s']:.0f} major faults/s"
+        phases = ", ".join(f"{p['phase']} {p['rate']:,.0f} touches/s, {p['majflt_per_s']:.0f} major faults/s"
                            for p in summ["phases"] if p["phase"] == "busy")
         log(f"  {n}: {phases}")
     a = [r for r in rows if r.get("small-a_entitled")]
