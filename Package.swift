@@ -97,8 +97,8 @@ let package = Package(
             path: "Benchmarks/TickBenchmark",
             swiftSettings: strict),
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
-        .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO"], swiftSettings: strict),
-        .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation"], swiftSettings: strict),
+        .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO", "SwapfairTestSupport"], swiftSettings: strict),
+        .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairConfigTests", dependencies: ["SwapfairConfig"], swiftSettings: strict),
         .testTarget(name: "SwapfairCgroupTests", dependencies: ["SwapfairCgroup", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(

@@ -1,22 +1,11 @@
 import Testing
+import SwapfairTestSupport
 @testable import SwapfairIO
 
 // Simulation-based tests: a virtual clock and a device that completes `capacity` cost units per
 // simulated second, one request at a time, asking the scheduler for the next request whenever it
 // is free (and sleeping until `nextEligibleTime` when told to wait).
 
-/// SplitMix64, so every generated workload is reproducible from its seed.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private let KiB = 1024
 private let page = 4 * KiB

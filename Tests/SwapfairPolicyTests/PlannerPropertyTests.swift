@@ -1,4 +1,5 @@
 import Testing
+import SwapfairTestSupport
 @testable import SwapfairPolicy
 
 /// Properties of one planning step, each checked on many generated hosts.

@@ -1,4 +1,5 @@
 import Testing
+import SwapfairTestSupport
 @testable import SwapfairPolicy
 
 @Suite struct WeightedDivisionTests {
