@@ -33,6 +33,13 @@ let package = Package(
         .target(name: "CSwapfairShim"),
         // liburing (Debian: liburing-dev).
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        // libsystemd's sd-bus (Debian: libsystemd-dev).
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // systemd's manager over sd-bus: unit properties, transient scopes.
+        .target(
+            name: "SwapfairSystemd",
+            dependencies: ["CSystemd", "SwapfairSys", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
         // The NBD protocol: handshake and request codecs, no sockets.
         .target(name: "SwapfairNBD", swiftSettings: strict),
         // The swap device engine: io_uring, volumes, the fair scheduler.
@@ -63,7 +70,7 @@ let package = Package(
             name: "SwapfairDaemon",
             dependencies: [
                 "SwapfairPolicy", "SwapfairCgroup", "SwapfairConfig", "SwapfairSys", "SwapfairIO", "SwapfairExport",
-                .product(name: "Logging", package: "swift-log"),
+                "SwapfairSystemd", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         .executableTarget(
@@ -99,6 +106,7 @@ let package = Package(
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
         .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation", "SwapfairTestSupport"], swiftSettings: strict),
+        .testTarget(name: "SwapfairSystemdTests", dependencies: ["SwapfairSystemd"], swiftSettings: strict),
         .testTarget(name: "SwapfairConfigTests", dependencies: ["SwapfairConfig"], swiftSettings: strict),
         .testTarget(name: "SwapfairCgroupTests", dependencies: ["SwapfairCgroup", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(

@@ -111,8 +111,20 @@ public struct HostConfig: Sendable, Equatable {
     public var nbdDir: String = "/run/swapfair/nbd"
     /// Requests the swap engine keeps in flight at once.
     public var swapQueueDepth: Int = 64
+    /// How limits are set and VMs placed.
+    public var backend: BackendSetting = .auto
 
     public init() {}
+}
+
+/// How limits are set and VMs placed.
+public enum BackendSetting: String, Sendable, Equatable, CaseIterable {
+    /// systemd when it is the init system and answers, else cgroupfs.
+    case auto
+    /// Through systemd's manager (sd-bus); the daemon refuses to start without it.
+    case systemd
+    /// The cgroup files directly.
+    case cgroupfs
 }
 
 /// Where the active fraction comes from.

@@ -8,7 +8,7 @@ public enum ConfigLoader {
 
     static let hostKeys = ["memory_budget", "swap_budget", "interval", "pressure_target", "idle_tax",
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
-                            "activity_period", "activity_slow", "activity_fast", "state_dir",
+                            "activity_period", "activity_slow", "activity_fast", "state_dir", "backend",
                             "nbd_dir", "swap_queue_depth"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit", "swap_device"]
@@ -124,6 +124,13 @@ struct Validator {
                     else if e.key == "state_dir" { h.stateDir = s } else { h.nbdDir = s }
                 }
             case "swap_queue_depth": if let d = integer(e, key, in: 1...4096) { h.swapQueueDepth = Int(d) }
+            case "backend":
+                if let s = string(e, key) {
+                    if let b = BackendSetting(rawValue: s) { h.backend = b } else {
+                        problem(e.line, key, "must be one of " + BackendSetting.allCases.map { "\"\($0.rawValue)\"" }
+                            .joined(separator: ", ") + didYouMean(s, BackendSetting.allCases.map(\.rawValue)))
+                    }
+                }
             case "activity":
                 if let s = string(e, key) {
                     if let a = ActivitySource(rawValue: s) { h.activity = a } else {

@@ -53,7 +53,7 @@ public final class ControlLoop {
         self.facts = facts
         self.root = root
         self.planner = Planner(configuration.hostPolicy(facts))
-        self.locator = VMLocator(root: root, slice: configuration.host.slice, proc: proc)
+        self.locator = VMLocator(root: root, slice: configuration.host.slice, proc: proc, backend: writer.backend)
         self.writer = writer
         self.logger = logger
         self.board = board
@@ -236,27 +236,32 @@ public final class ControlLoop {
         ]
         if let limit = plan.memoryMax { wanted.append((.memoryMax, .bytes(limit))) }
         if let io = plan.ioWeight { wanted.append((.ioWeight, .bytes(io))) }
-        for (knob, value) in wanted where needsWrite(knob, vms[i].applied[knob], value) {
-            let old = vms[i].applied[knob]
-            let lowers = (knob == .memoryHigh || knob == .memoryMax) && (value.bytes ?? .max) < (old?.bytes ?? .max)
-            switch writer.set(g, knob, value, mayReclaim: lowers) {
-            case .written:
-                vms[i].applied[knob] = value
-                logger.info("\(knob.rawValue) \(show(knob, old)) → \(show(knob, value))", metadata: [
-                    "vm": "\(name)", "why": "\(reason(knob, plan))",
+        let changes = wanted.filter { needsWrite($0.0, vms[i].applied[$0.0], $0.1) }.map { KnobChange($0.0, $0.1) }
+        guard !changes.isEmpty else { return }
+        let lowers = changes.contains { c in
+            (c.knob == .memoryHigh || c.knob == .memoryMax) && (c.value.bytes ?? .max) < (vms[i].applied[c.knob]?.bytes ?? .max)
+        }
+        let result = writer.set(g, changes, mayReclaim: lowers)
+        switch result {
+        case .written, .slow:
+            for c in changes {
+                let old = vms[i].applied[c.knob]
+                vms[i].applied[c.knob] = c.value
+                logger.info("\(c.knob.rawValue) \(show(c.knob, old)) → \(show(c.knob, c.value))", metadata: [
+                    "vm": "\(name)", "why": "\(reason(c.knob, plan))",
                 ])
-            case .slow:
-                vms[i].applied[knob] = value
-                logger.warning("\(knob.rawValue) write is still reclaiming after \(writer.bound); continuing",
-                               metadata: ["vm": "\(name)"])
-            case .skipped:
-                break
-            case .failed(.vanished):
-                drop(i, reason: "its cgroup \(g) vanished", removeGroup: false, forget: true)
-                return
-            case .failed(let error):
-                logger.error("cannot set \(knob.rawValue)", metadata: ["vm": "\(name)", "error": "\(error)"])
             }
+            if case .slow = result {
+                logger.warning("the write is still running after \(writer.bound) (reclaim or a busy \(writer.backend.name)); continuing",
+                               metadata: ["vm": "\(name)"])
+            }
+        case .skipped:
+            break
+        case .failed(let error) where error.isVanished:
+            drop(i, reason: "its cgroup \(g) vanished", removeGroup: false, forget: true)
+        case .failed(let error):
+            logger.error("cannot set \(changes.map(\.knob.rawValue).joined(separator: ", "))",
+                         metadata: ["vm": "\(name)", "error": "\(error)"])
         }
     }
 
@@ -290,7 +295,7 @@ public final class ControlLoop {
     public func report(now: Double) -> StatusReport {
         let policy = planner.host
         let daemon = StatusReport.Daemon(
-            version: SwapfairVersion.string, pid: currentPID(), config: configuration.source, backend: "cgroupfs",
+            version: SwapfairVersion.string, pid: currentPID(), config: configuration.source, backend: writer.backend.name,
             activity: activity == nil ? "lru" : "lru_gen",
             cgroupRoot: root.path, intervalSeconds: configuration.host.interval, ticks: ticks,
             uptimeSeconds: now - startTime, memoryBudget: policy.memoryBudget, swapBudget: policy.swapBudget,

@@ -3,19 +3,24 @@ import Foundation
 import Synchronization
 import SwapfairCgroup
 
-/// Writes knobs with a time bound on the control loop. Lowering `memory.high` or `memory.max`
-/// below a group's usage can make the writer reclaim synchronously on kernels that ignore
-/// O_NONBLOCK; such a write runs on a thread of its own, the loop waits for it at most `bound`, and
-/// the group gets no new writes until it has finished. Other writes cannot block and run inline.
+/// Writes a VM's knobs through the backend with a time bound on the control loop. Lowering
+/// `memory.high` or `memory.max` below a group's usage can make the writer reclaim synchronously
+/// (on kernels that ignore O_NONBLOCK, and in systemd, which writes the file itself); such a write,
+/// and every call to another process, runs on a thread of its own. The loop waits for it at most
+/// `bound`, and the group gets no new writes until it has finished. Other writes run inline.
 public final class KnobWriter: Sendable {
     public let bound: Duration
+    public let backend: any LimitBackend
     private let pending = Mutex<Set<String>>([])
 
-    public init(bound: Duration = .milliseconds(250)) { self.bound = bound }
+    public init(backend: any LimitBackend = CgroupfsBackend(), bound: Duration = .milliseconds(250)) {
+        self.backend = backend
+        self.bound = bound
+    }
 
-    public enum Result: Sendable, Equatable {
+    public enum Result: Sendable {
         case written
-        case failed(CgroupError)
+        case failed(BackendError)
         /// Still running after the bound; it completes in the background.
         case slow
         /// An earlier slow write to this group has not finished.
@@ -24,12 +29,13 @@ public final class KnobWriter: Sendable {
 
     public func isPending(_ group: Cgroup) -> Bool { pending.withLock { $0.contains(group.path) } }
 
-    /// `mayReclaim`: the write lowers a memory limit (and so may reclaim in the writer).
-    public func set(_ group: Cgroup, _ knob: Knob, _ value: LimitValue, mayReclaim: Bool) -> Result {
+    /// `mayReclaim`: the changes lower a memory limit (and so may reclaim in the writer).
+    public func set(_ group: Cgroup, _ changes: [KnobChange], mayReclaim: Bool) -> Result {
         let key = group.path
-        guard mayReclaim else {
+        let backend = self.backend
+        guard mayReclaim || backend.writesMayBlock else {
             if isPending(group) { return .skipped }
-            do { try group.set(knob, value) } catch { return .failed(error) }
+            do throws(BackendError) { try backend.write(changes, to: group) } catch { return .failed(error) }
             return .written
         }
         let busy = pending.withLock { set in
@@ -43,7 +49,7 @@ public final class KnobWriter: Sendable {
         // worker from a pool the rest of the process relies on.
         let thread = Thread {
             let r: Result
-            do throws(CgroupError) { try group.set(knob, value); r = .written } catch { r = .failed(error) }
+            do throws(BackendError) { try backend.write(changes, to: group); r = .written } catch { r = .failed(error) }
             job.result.withLock { $0 = r }
             self.pending.withLock { _ = $0.remove(key) }
             job.done.signal()

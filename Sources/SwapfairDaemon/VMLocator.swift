@@ -8,11 +8,13 @@ public struct VMLocator: Sendable {
     public let root: CgroupRoot
     public let slice: String
     public let proc: String
+    public let backend: any LimitBackend
 
-    public init(root: CgroupRoot, slice: String, proc: String = "/proc") {
+    public init(root: CgroupRoot, slice: String, proc: String = "/proc", backend: any LimitBackend = CgroupfsBackend()) {
         self.root = root
         self.slice = slice
         self.proc = proc
+        self.backend = backend
     }
 
     public enum Outcome: Sendable, Equatable {
@@ -22,11 +24,15 @@ public struct VMLocator: Sendable {
         case absent(String)
     }
 
-    public func scope(for name: String) -> Cgroup { root.group("\(slice)/vm-\(name).scope") }
+    public func scope(for name: String) -> Cgroup { backend.scope(for: name, slice: slice, root: root) }
 
     public func locate(_ vm: VMConfig) -> Outcome {
         switch vm.location {
         case .managedScope:
+            if let unit = backend.defaultUnit(for: vm.name) {
+                if let g = findUnit(unit) { return .found(g, owned: false) }
+                return .absent("unit \(unit) is not running (no cgroup of that name)")
+            }
             let g = scope(for: vm.name)
             if !g.exists {
                 do { try g.create() } catch { return .absent("cannot create \(g): \(error)") }
@@ -52,14 +58,15 @@ public struct VMLocator: Sendable {
             }
             guard FileAccess.exists("\(proc)/\(pid)") else { return .absent("process \(pid) from \(file) is not running") }
             let g = scope(for: vm.name)
-            do {
-                if (try? CgroupRoot.cgroupOf(pid: pid, proc: proc)) == g.relativePath { return .found(g, owned: true) }
-                if !g.exists { try g.create() }
-                try g.move(pid: pid)
+            if (try? CgroupRoot.cgroupOf(pid: pid, proc: proc)) == g.relativePath {
+                return .found(g, owned: backend.removesEmptyScopes)
+            }
+            do throws(BackendError) {
+                try backend.place(pid: pid, vm: vm.name, in: g)
+                return .found(g, owned: backend.removesEmptyScopes)
             } catch {
                 return .absent("cannot move process \(pid) into \(g): \(error)")
             }
-            return .found(g, owned: true)
         }
     }
 
@@ -68,6 +75,9 @@ public struct VMLocator: Sendable {
     public func locateExisting(_ vm: VMConfig) -> Outcome {
         switch vm.location {
         case .managedScope:
+            if let unit = backend.defaultUnit(for: vm.name) {
+                return findUnit(unit).map { .found($0, owned: false) } ?? .absent("unit \(unit) is not running")
+            }
             let g = scope(for: vm.name)
             return g.exists ? .found(g, owned: true) : .absent("\(g) does not exist")
         case .pidFile(let file):

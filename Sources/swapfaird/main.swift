@@ -75,9 +75,16 @@ struct Swapfaird: ParsableCommand {
             fail("\(error)")
         }
 
+        let choice: BackendChoice.Outcome
+        do {
+            choice = try BackendChoice.choose(configuration.host.backend, cgroupRoot: root.path, isFakeRoot: allowFakeRoot)
+        } catch {
+            fail("\(error)")
+        }
         let budgets = configuration.budgets(facts)
+        logger.notice("limits are set through \(choice.backend.name): \(choice.reason)")
         logger.notice("starting", metadata: [
-            "config": "\(configuration.source)", "backend": "cgroupfs", "root": "\(root.path)",
+            "config": "\(configuration.source)", "backend": "\(choice.backend.name)", "root": "\(root.path)",
             "vms": "\(configuration.vms.count)", "memory_budget": "\(budgets.memory)", "swap_budget": "\(budgets.swap)",
         ])
         let board = StatusBoard()
@@ -98,7 +105,8 @@ struct Swapfaird: ParsableCommand {
             }
         }
         monitor?.start()
-        let loop = ControlLoop(configuration: configuration, facts: facts, root: root, logger: logger, board: board,
+        let loop = ControlLoop(configuration: configuration, facts: facts, root: root, logger: logger,
+                               writer: KnobWriter(backend: choice.backend), board: board,
                                activity: monitor, now: monotonicSeconds())
         loop.swapDevices = devices
         let daemon = Daemon()

@@ -91,6 +91,52 @@ mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 # the host has no modules for this kernel: lend it ours so modprobe works in the command
 mkdir -p "$R/lib/modules/$KV" && mount --bind "/lib/modules/$KV" "$R/lib/modules/$KV"
 
+# ---- LAB_INIT=systemd: the same root, booted by systemd as PID 1 ----
+# The command runs as a oneshot unit once basic.target is reached; its output goes to the same
+# port, its status to the control dir, and then systemd powers the machine off. systemd mounts
+# cgroup2 itself and owns the tree, as on a real host.
+if [ "${LAB_INIT:-shell}" = systemd ]; then
+    mkdir -p $R/run/lab && mount --bind /lab $R/run/lab
+    mkdir -p "$R$LAB_SHARE_PATH"
+    mount -t 9p -o "$NINEP,cache=mmap" labshare "$R$LAB_SHARE_PATH" || die "cannot mount $LAB_SHARE_PATH (9p tag labshare)"
+    U=$R/etc/systemd/system
+    mkdir -p $U
+    cat > $U/lab.target <<UNIT
+[Unit]
+Description=swapfair lab
+Requires=basic.target lab-run.service
+After=basic.target
+AllowIsolate=yes
+UNIT
+    cat > $U/lab-run.service <<UNIT
+[Unit]
+Description=swapfair lab command
+After=basic.target dbus.socket
+[Service]
+Type=oneshot
+Environment=HOME=/root TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ExecStart=/bin/sh /run/lab-run.sh $OUT
+TimeoutStartSec=infinity
+UNIT
+    cat > $R/run/lab-run.sh <<'SCRIPT'
+cut -d' ' -f1 /proc/uptime > /run/lab/ready
+/bin/sh /run/lab/cmd </dev/null >"$1" 2>&1
+echo $? > /run/lab/rc
+sync
+systemctl poweroff --no-block
+SCRIPT
+    ln -sf /etc/systemd/system/lab.target $U/default.target
+    # Nothing in the lab needs a login prompt or the network.
+    for u in getty.target serial-getty@ttyS0.service systemd-networkd-wait-online.service networking.service \
+             ssh.service cron.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
+        ln -sf /dev/null $U/$u
+    done
+    : > $R/etc/machine-id
+    echo "init=$T_INIT kernel=$KV systemd=1" > /lab/timing
+    umount /proc/sys/fs/binfmt_misc 2>/dev/null
+    exec switch_root $R /lib/systemd/systemd --log-level=notice --show-status=no
+fi
+
 # ---- cgroup v2, as on a host where swapfair runs: every controller on in the root ----
 mount -t cgroup2 -o "$LAB_CGROUP_OPTS" cgroup2 $R/sys/fs/cgroup || die "cannot mount cgroup2 ($LAB_CGROUP_OPTS)"
 for c in $(cat $R/sys/fs/cgroup/cgroup.controllers); do

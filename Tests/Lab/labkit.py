@@ -144,6 +144,17 @@ class StandIn:
                 return l
         return None
 
+    def explain_exit(self):
+        """Why a stand-in ended early: its exit status, what it printed and its group's events."""
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+        try:
+            events = " ".join(cg_read(self.group, "memory.events").split())
+        except OSError:
+            events = "(group gone)"
+        log(f"{self.name} ended early: exit status {self.proc.returncode}; memory.events: {events}")
+        for line in err.splitlines()[-5:]:
+            log(f"  {self.name}: {line}")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -286,7 +297,10 @@ def wait_filled(standins, timeout=120):
     while time.monotonic() < end:
         if all(s.filled() for s in standins):
             return True
-        if any(s.proc.poll() is not None for s in standins):
+        gone = [s for s in standins if s.proc.poll() is not None]
+        if gone:
+            for s in gone:
+                s.explain_exit()
             return False
         time.sleep(0.2)
     return False

@@ -77,6 +77,7 @@ sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }   # single-quote for sh
     echo "LAB_MODULES=$(sq "${LAB_MODULES:-}")"
     echo "LAB_CGROUP_OPTS=$(sq "${LAB_CGROUP_OPTS:-nsdelegate,memory_recursiveprot}")"
     echo "LAB_SHARE_PATH=$(sq "$SHARE")"
+    echo "LAB_INIT=$(sq "${LAB_INIT:-shell}")"
 } > "$RUN/env"
 
 # the command, as a script run by the host's /bin/sh inside the guest

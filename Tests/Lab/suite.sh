@@ -3,7 +3,9 @@
 #   1. one guest: the capability check, the kernel NBD client swapping to a swapfair export
 #      (swapdev.sh), and the controller's end-to-end scenarios (scenarios.py [SCENARIO...]);
 #   2. a second guest whose swap disk is an export of a swapfaird on this host, killed and
-#      restarted midway (guest-swap.sh; skipped when scenarios are named).
+#      restarted midway (guest-swap.sh; skipped when scenarios are named);
+#   3. a third guest booted by systemd as PID 1: the units installed, limits set through systemd,
+#      daemon-reload, a VM unit restart and a watchdog restart (systemd_lab.py; skipped likewise).
 # Every check prints a PASS: or FAIL: line; the last line is "lab: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,11 +23,16 @@ LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB
 if [ -z "$scenarios" ]; then
     echo; echo "=== a guest swaps to swapfair on the host; the daemon is SIGKILLed and restarted midway ==="
     Tests/Lab/guest-swap.sh 2>&1 | grep -vE "^(lab:|\[ )" | tee "$LAB_OUT/guest2.log"
+    echo; echo "=== swapfair under systemd as PID 1 ==="
+    LAB_INIT=systemd LAB_SWAP=disk:2G LAB_TIMEOUT=900 LAB_PASS_ENV="LAB_OUT ${LAB_PASS_ENV:-}" \
+        Tests/Lab/run-guest.sh . "python3 Tests/Lab/systemd_lab.py" 2>&1 | tee "$LAB_OUT/guest3.log"
+    grep -qE "^systemd: [0-9]+ passed" "$LAB_OUT/guest3.log" || failed_early=1
 fi
 passed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )PASS:")
 failed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )FAIL:")
 # A guest that died before printing its checks is a failure too.
 grep -qE "^scenarios: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1))
+[ -n "${failed_early:-}" ] && failed=$((failed + 1))
 echo "lab: figures, logs and time series are in $LAB_OUT"
 echo "lab: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -53,6 +53,10 @@ import SwapfairTestSupport
                                  "--socket", sock])
         #expect(r.status == 0, "\(r.output)")
         #expect(r.output.contains("starting") && r.output.contains("stopped"))
+        // No systemd here (nor in the plain lab): the cgroup files are written directly, and said so.
+        if !FileManager.default.fileExists(atPath: "/run/systemd/system") {
+            #expect(r.output.contains("limits are set through cgroupfs: systemd is not the init system"), "\(r.output)")
+        }
         let a = UInt64(try tree.read("m/a.scope", "memory.high")) ?? 0
         let b = UInt64(try tree.read("m/b.scope", "memory.high")) ?? 0
         #expect(a + b <= 4 * GiB)
@@ -63,6 +67,25 @@ import SwapfairTestSupport
         #expect(p.status == 0, "\(p.output)")
         #expect(p.output.contains("ENTITLED") && p.output.contains("nothing is written"))
         #expect(UInt64(try tree.read("m/a.scope", "memory.high")) == a)
+    }
+
+    @Test func theSystemdBackendIsRefusedClearlyWhereSystemdDoesNotRun() throws {
+        try #require(!FileManager.default.fileExists(atPath: "/run/systemd/system"))
+        let tree = try FakeCgroupTree()
+        try tree.add("m/a.scope", FakeCgroupTree.Group(current: 1 * GiB))
+        let file = "/tmp/swapfair-sd-\(UUID().uuidString.prefix(8)).toml"
+        try "[host]\nbackend = \"systemd\"\n[[vm]]\nname = \"a\"\ncgroup = \"m/a.scope\"\n"
+            .write(toFile: file, atomically: false, encoding: .utf8)
+        defer { unlink(file) }
+        let r = try run(daemon, ["--config", file, "--cgroup-root", tree.path, "--allow-fake-root", "--ticks", "1",
+                                 "--socket", "/tmp/swapfair-sd-\(UUID().uuidString.prefix(8)).sock"])
+        #expect(r.status == 1)
+        #expect(r.output.contains("systemd is not the init system"), "\(r.output)")
+        // A typo in the setting is a configuration error with a suggestion.
+        try "[host]\nbackend = \"systemdd\"\n".write(toFile: file, atomically: false, encoding: .utf8)
+        let c = try run(ctl, ["check-config", file])
+        #expect(c.status == 1)
+        #expect(c.output.contains("host.backend") && c.output.contains("did you mean \"systemd\""), "\(c.output)")
     }
 
     @Test func sigtermStopsTheDaemonAndLeavesSettingsInPlace() throws {
