@@ -31,7 +31,9 @@ run_fio() {
     for i in 1 2 3 4; do
         args+=(--name="vm$i" --ioengine=nbd --uri="$($1 "$i")" --rw=randread --bs=4k --iodepth=32 --size=$size)
     done
-    fio --runtime="$secs" --time_based --output-format=json "${args[@]}" 2>/dev/null \
+    # ramp_time: the four jobs connect one after another; the first would otherwise run alone for a
+    # moment and count it as its share.
+    fio --runtime="$secs" --ramp_time=2 --time_based --output-format=json "${args[@]}" 2>/dev/null \
         | python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])
 for x in j["jobs"]: print(x["jobname"], round(x["read"]["iops"]))'
 }

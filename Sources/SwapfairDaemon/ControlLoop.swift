@@ -12,8 +12,10 @@ struct TrackedVM {
     var owned = false
     var files: CgroupStatFiles?
     var state: VMControlState?
-    /// Knob values the group holds, as read on adoption and updated on every write.
+    /// Knob values the group holds, as read on adoption and updated on every confirmed write.
     var applied: [Knob: LimitValue] = [:]
+    /// Changes still being written in the background (a slow write); `applied` once confirmed.
+    var inFlight: [KnobChange] = []
     /// Why the VM is not managed now (logged when it changes).
     var absence: String? = "not located yet"
     var observation: VMObservation?
@@ -208,6 +210,10 @@ public final class ControlLoop {
             vms[i].files = nil
             vms[i].group = nil
         }
+        if !vms[i].inFlight.isEmpty, let g = vms[i].group {
+            vms[i].inFlight = []
+            _ = writer.takeFinished(g)
+        }
         let wasRunning = vms[i].observation != nil
         vms[i].state = nil
         vms[i].observation = nil
@@ -236,6 +242,8 @@ public final class ControlLoop {
         ]
         if let limit = plan.memoryMax { wanted.append((.memoryMax, .bytes(limit))) }
         if let io = plan.ioWeight { wanted.append((.ioWeight, .bytes(io))) }
+        settle(i, g)
+        if writer.isPending(g) { return }
         let changes = wanted.filter { needsWrite($0.0, vms[i].applied[$0.0], $0.1) }.map { KnobChange($0.0, $0.1) }
         guard !changes.isEmpty else { return }
         let lowers = changes.contains { c in
@@ -245,15 +253,16 @@ public final class ControlLoop {
         switch result {
         case .written, .slow:
             for c in changes {
-                let old = vms[i].applied[c.knob]
-                vms[i].applied[c.knob] = c.value
-                logger.info("\(c.knob.rawValue) \(show(c.knob, old)) → \(show(c.knob, c.value))", metadata: [
-                    "vm": "\(name)", "why": "\(reason(c.knob, plan))",
-                ])
+                logger.info("\(c.knob.rawValue) \(show(c.knob, vms[i].applied[c.knob])) → \(show(c.knob, c.value))",
+                            metadata: ["vm": "\(name)", "why": "\(reason(c.knob, plan))"])
             }
             if case .slow = result {
-                logger.warning("the write is still running after \(writer.bound) (reclaim or a busy \(writer.backend.name)); continuing",
-                               metadata: ["vm": "\(name)"])
+                // Recorded once it has finished (see `settle`): the status shows what is in force.
+                vms[i].inFlight = changes
+                logger.notice("the write is still running after \(writer.bound) (reclaim or a busy \(writer.backend.name)); continuing",
+                              metadata: ["vm": "\(name)"])
+            } else {
+                for c in changes { vms[i].applied[c.knob] = c.value }
             }
         case .skipped:
             break
@@ -262,6 +271,26 @@ public final class ControlLoop {
         case .failed(let error):
             logger.error("cannot set \(changes.map(\.knob.rawValue).joined(separator: ", "))",
                          metadata: ["vm": "\(name)", "error": "\(error)"])
+        }
+    }
+
+    /// Takes in the outcome of a slow write that has finished since: confirmed values become
+    /// `applied`; after a failure the group's files are read again, so the next plan is compared
+    /// with what is really in force and rewritten.
+    func settle(_ i: Int, _ g: Cgroup) {
+        guard !vms[i].inFlight.isEmpty, let outcome = writer.takeFinished(g) else { return }
+        let changes = vms[i].inFlight
+        vms[i].inFlight = []
+        switch outcome {
+        case .written:
+            for c in changes { vms[i].applied[c.knob] = c.value }
+        case .failed(let error):
+            logger.error("a slow write failed; reading the group's limits again",
+                         metadata: ["vm": "\(vms[i].config.name)", "knobs": "\(changes.map(\.knob.rawValue).joined(separator: ", "))",
+                                    "error": "\(error)"])
+            vms[i].applied = readKnobs(g)
+        case .slow, .skipped:
+            break
         }
     }
 

@@ -7,11 +7,13 @@ import SwapfairCgroup
 /// `memory.high` or `memory.max` below a group's usage can make the writer reclaim synchronously
 /// (on kernels that ignore O_NONBLOCK, and in systemd, which writes the file itself); such a write,
 /// and every call to another process, runs on a thread of its own. The loop waits for it at most
-/// `bound`, and the group gets no new writes until it has finished. Other writes run inline.
+/// `bound`; after that the write goes on in the background, the group gets no new writes until it
+/// has finished, and its outcome is handed back by `takeFinished` on a later tick.
 public final class KnobWriter: Sendable {
     public let bound: Duration
     public let backend: any LimitBackend
     private let pending = Mutex<Set<String>>([])
+    private let finished = Mutex<[String: Result]>([:])
 
     public init(backend: any LimitBackend = CgroupfsBackend(), bound: Duration = .milliseconds(250)) {
         self.backend = backend
@@ -28,6 +30,12 @@ public final class KnobWriter: Sendable {
     }
 
     public func isPending(_ group: Cgroup) -> Bool { pending.withLock { $0.contains(group.path) } }
+
+    /// The outcome of a write that was still running when the loop stopped waiting (`.slow`), once
+    /// it has finished; nil while it runs or when there was none.
+    public func takeFinished(_ group: Cgroup) -> Result? {
+        finished.withLock { $0.removeValue(forKey: group.path) }
+    }
 
     /// `mayReclaim`: the changes lower a memory limit (and so may reclaim in the writer).
     public func set(_ group: Cgroup, _ changes: [KnobChange], mayReclaim: Bool) -> Result {
@@ -50,19 +58,32 @@ public final class KnobWriter: Sendable {
         let thread = Thread {
             let r: Result
             do throws(BackendError) { try backend.write(changes, to: group); r = .written } catch { r = .failed(error) }
-            job.result.withLock { $0 = r }
+            let abandoned = job.state.withLock { s in
+                s.result = r
+                return s.abandoned
+            }
+            if abandoned { self.finished.withLock { $0[key] = r } }
             self.pending.withLock { _ = $0.remove(key) }
             job.done.signal()
         }
         thread.stackSize = 256 << 10
         thread.start()
         let ns = bound.components.seconds * 1_000_000_000 + bound.components.attoseconds / 1_000_000_000
-        if job.done.wait(timeout: .now() + .nanoseconds(Int(ns))) == .timedOut { return .slow }
-        return job.result.withLock { $0 }
+        _ = job.done.wait(timeout: .now() + .nanoseconds(Int(ns)))
+        return job.state.withLock { s in
+            if let r = s.result { return r }
+            s.abandoned = true
+            return .slow
+        }
     }
 
     private final class Job: Sendable {
-        let result = Mutex<Result>(.slow)
+        struct State {
+            var result: Result?
+            /// The loop stopped waiting; the outcome goes to `finished`.
+            var abandoned = false
+        }
+        let state = Mutex(State())
         let done = DispatchSemaphore(value: 0)
     }
 }

@@ -116,6 +116,16 @@ public struct SystemdBackend: LimitBackend {
             try CgroupfsBackend().write(changes, to: group)
             return
         }
+        // systemd writes memory.high itself, and the kernel reclaims down to the new value inside
+        // that write: PID 1 would be stuck for as long as that takes. Reclaiming first, from this
+        // thread (memory.reclaim is an action, not a setting systemd owns), leaves it little to do.
+        for c in changes where c.knob == .memoryHigh || c.knob == .memoryMax {
+            if let target = c.value.bytes,
+               let current = try? group.read("memory.current").split(separator: "\n").first.flatMap({ UInt64($0) }),
+               current > target {
+                try? group.write("memory.reclaim", "\(current - target)")
+            }
+        }
         do throws(SystemdError) {
             try bus.setUnitProperties(unit, runtime: true, changes.map(Self.property))
         } catch {

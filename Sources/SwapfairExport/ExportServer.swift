@@ -101,6 +101,10 @@ struct Reply {
     var dataLength: Int
     /// The answer to a request that went through the engine (it held a window slot).
     var engine = false
+    /// Bytes of it already on the socket (a non-blocking write that stopped short).
+    var sent = 0
+
+    var totalLength: Int { header.count + dataLength }
 }
 
 final class Connection: @unchecked Sendable {
@@ -113,6 +117,11 @@ final class Connection: @unchecked Sendable {
         var replies: [Reply] = []
         var inFlight = 0
         var closing = false
+        /// A thread is writing to the socket (the writer, or the engine's completion writing a
+        /// reply at once): writes are serialised so that replies never interleave.
+        var writing = false
+        /// The socket failed; replies are dropped (their buffers still released).
+        var broken = false
     }
     private let outbox = Mutex(Outbox())
     private let ready = DispatchSemaphore(value: 0)
@@ -234,14 +243,46 @@ final class Connection: @unchecked Sendable {
             payload: r.command == .write ? payload : nil
         ) { [self] result, buffer in
             let error: NBDErrorCode = result >= 0 ? .success : NBDErrorCode(linuxErrno: -result)
-            if let buffer {
-                enqueue(Reply(header: simpleReply(cookie: cookie, error: .success), data: buffer, dataLength: length,
-                              engine: true))
+            let reply = if let buffer {
+                Reply(header: simpleReply(cookie: cookie, error: .success), data: buffer, dataLength: length, engine: true)
             } else {
-                enqueue(Reply(header: simpleReply(cookie: cookie, error: error), data: nil, dataLength: 0, engine: true))
+                Reply(header: simpleReply(cookie: cookie, error: error), data: nil, dataLength: 0, engine: true)
             }
-            outbox.withLock { $0.inFlight -= 1 }
+            complete(reply)
         })
+    }
+
+    /// An answer from the engine. When nothing else is queued or being written it goes out at once,
+    /// from the engine's thread, without blocking (the socket has room for it almost always); that
+    /// saves waking the writer thread for every reply. What does not fit goes to the writer.
+    private func complete(_ reply: Reply) {
+        let direct = outbox.withLock { box in
+            box.inFlight -= 1
+            guard box.replies.isEmpty, !box.writing, !box.closing, !box.broken else {
+                box.replies.append(reply)
+                return false
+            }
+            box.writing = true
+            return true
+        }
+        guard direct else {
+            ready.signal()
+            return
+        }
+        var r = reply
+        let outcome = write(&r, blocking: false)
+        let done = outcome != .wouldBlock
+        if done {
+            if let data = r.data { server.pool.release(data) }
+            window.signal()
+        }
+        let more = outbox.withLock { box in
+            if !done { box.replies.insert(r, at: 0) }  // its first bytes are out: it must go on first
+            if outcome == .failed { box.broken = true }
+            box.writing = false
+            return !box.replies.isEmpty
+        }
+        if more { ready.signal() }
     }
 
     private func enqueue(_ reply: Reply) {
@@ -250,53 +291,75 @@ final class Connection: @unchecked Sendable {
     }
 
     private func writeLoop() {
-        var broken = false
         while true {
             ready.wait()
-            let (batch, closing, inFlight) = outbox.withLock { box in
+            let (batch, broken) = outbox.withLock { box -> ([Reply], Bool) in
+                // A completion is writing: it signals again when it is done.
+                if box.writing || box.replies.isEmpty { return ([], box.broken) }
+                box.writing = true
                 defer { box.replies.removeAll(keepingCapacity: true) }
-                return (box.replies, box.closing, box.inFlight)
+                return (box.replies, box.broken)
             }
-            for reply in batch {
-                if !broken {
-                    broken = !write(reply)
-                }
+            var failed = broken
+            for var reply in batch {
+                if !failed { failed = write(&reply, blocking: true) == .failed }
                 if let data = reply.data { server.pool.release(data) }
                 if reply.engine { window.signal() }
             }
+            let (closing, idle) = outbox.withLock { box in
+                if !batch.isEmpty { box.writing = false }
+                if failed { box.broken = true }
+                return (box.closing, box.replies.isEmpty && box.inFlight == 0 && !box.writing)
+            }
             // After a disconnect, stay until the engine has answered every request in flight, so
             // no buffer is left behind.
-            if closing && inFlight == 0 && outbox.withLock({ $0.replies.isEmpty && $0.inFlight == 0 }) { return }
+            if closing && idle { return }
             if closing { usleep(1000); ready.signal() }
         }
     }
 
-    /// Header and data in one writev.
-    private func write(_ reply: Reply) -> Bool {
+    enum WriteOutcome: Equatable {
+        case written
+        /// Non-blocking only: the socket is full; `reply.sent` says how far it got.
+        case wouldBlock
+        case failed
+    }
+
+    /// Header and data in one writev, from `reply.sent` on.
+    private func write(_ reply: inout Reply, blocking: Bool) -> WriteOutcome {
         let fd = socket.fd.rawValue
-        return reply.header.withUnsafeBytes { header -> Bool in
-            var iov = [iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count)]
-            if let d = reply.data { iov.append(iovec(iov_base: d.pointer, iov_len: reply.dataLength)) }
-            var remaining = header.count + reply.dataLength
-            var index = 0
-            while remaining > 0 {
-                let n = iov.withUnsafeMutableBufferPointer { p in writev(fd, p.baseAddress! + index, Int32(p.count - index)) }
+        let total = reply.totalLength
+        let header = reply.header
+        let data = reply.data
+        let dataLength = reply.dataLength
+        var sent = reply.sent
+        let outcome = header.withUnsafeBytes { h -> WriteOutcome in
+            while sent < total {
+                var iov: [iovec] = []
+                if sent < h.count {
+                    iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: h.baseAddress! + sent),
+                                     iov_len: h.count - sent))
+                }
+                if let d = data {
+                    let skip = max(0, sent - h.count)
+                    iov.append(iovec(iov_base: d.pointer + skip, iov_len: dataLength - skip))
+                }
+                let n = iov.withUnsafeMutableBufferPointer { p -> Int in
+                    var msg = msghdr()
+                    msg.msg_iov = p.baseAddress
+                    msg.msg_iovlen = p.count
+                    return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | (blocking ? 0 : Int32(MSG_DONTWAIT)))
+                }
                 if n < 0 {
                     if errno == EINTR { continue }
-                    return false
+                    if !blocking && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
+                    return .failed
                 }
-                remaining -= n
-                var consumed = n
-                while index < iov.count && consumed >= iov[index].iov_len {
-                    consumed -= iov[index].iov_len
-                    index += 1
-                }
-                if index < iov.count && consumed > 0 {
-                    iov[index].iov_base = iov[index].iov_base! + consumed
-                    iov[index].iov_len -= consumed
-                }
+                sent += n
             }
-            return true
+            return .written
         }
+        reply.sent = sent
+        return outcome
     }
 }
