@@ -190,17 +190,20 @@ public struct Planner: Sendable {
                 stall = min(1, Double(o.pressureSomeTotal - previous.pressureSomeTotal) / (elapsed * 1e6))
                 refaulted = o.refaultedTotal - previous.refaultedTotal
             }
-            // A VM that stalls on memory is not idle, whatever the sampling says: while it waits on
-            // swap-ins it cannot touch its resident pages, and taxing it would deepen the thrash.
-            let stalled = (stall ?? 0) > host.feedback.target
+            let refaultRate = elapsed > 0 && o.memoryCurrent > 0 ? Double(refaulted) / Double(o.memoryCurrent) / elapsed : 0
+            // A VM that stalls on memory, or keeps refaulting what it just lost, is not idle,
+            // whatever the sampling says: while it waits on swap-ins it cannot touch its resident
+            // pages, and its working set is larger than what it holds. Taxing it would deepen the
+            // thrash; and since PSI alone flips above and below the target from tick to tick under
+            // a steady thrash, both signals count, or its entitlement would flip with it.
+            let memoryBound = (stall ?? 0) > host.feedback.target || refaultRate > feedback.parameters.refaultThreshold
             let sample = ActivitySample(activeBytes: o.activeBytes, inactiveBytes: o.inactiveBytes,
                                         refaultedBytes: refaulted,
-                                        sampledActiveFraction: stalled ? 1 : o.sampledActiveFraction)
+                                        sampledActiveFraction: memoryBound ? 1 : o.sampledActiveFraction)
             let (fraction, activity) = host.activity.update(previous?.activity, sample: sample, elapsed: elapsed)
             // A restart resumes from the limit it finds instead of jumping.
             let start = previous?.feedback
                 ?? PressureFeedback.State(demand: o.memoryHigh.map { min($0, ceiling) } ?? max(o.memoryCurrent, reservation))
-            let refaultRate = elapsed > 0 && o.memoryCurrent > 0 ? Double(refaulted) / Double(o.memoryCurrent) / elapsed : 0
             let (fb, decision) = feedback.step(start, usage: o.memoryCurrent, stall: previous == nil ? nil : stall,
                                                floor: floor, ceiling: ceiling, activeFraction: fraction,
                                                refaultRate: refaultRate)

@@ -151,7 +151,8 @@ def main():
     with open("/etc/swapfair/swapfair.toml", "w") as fh:
         fh.write('[host]\nmemory_budget = "320M"\nswap_budget = "1G"\ninterval = "1s"\n'
                  '[[vm]]\nname = "a"\nweight = 100\n'
-                 '[[vm]]\nname = "b"\nweight = 300\nreservation = "96M"\nio_weight = 300\n')
+                 '[[vm]]\nname = "b"\nweight = 300\nreservation = "96M"\nio_weight = 300\n'
+                 '[[vm]]\nname = "c"\nweight = 100\npidfile = "/run/lab-standin-c.pid"\n')
     # The template runs QEMU; in the lab a stand-in plays the VM (a drop-in, as a host would use).
     os.makedirs("/etc/systemd/system/swapfair-vm@.service.d", exist_ok=True)
     with open("/etc/systemd/system/swapfair-vm@.service.d/lab-standin.conf", "w") as fh:
@@ -176,11 +177,25 @@ def main():
     check("limits are set through systemd" in line, f"the daemon chose the systemd backend and said why ({line})")
     vms = {"a": "swapfair-vm@a.service", "b": "swapfair-vm@b.service"}
     sh("systemctl", "start", *vms.values())
+    # VM c is a process started outside any unit of its own, named by a pid file: swapfaird
+    # places it with StartTransientUnit as vm-c.scope in swapfair.slice.
+    c = subprocess.Popen([os.path.join(BIN, "swapfair-loadgen"), "--memory", "200M", "--working-set", "200M",
+                          "--label", "c", "--output", "/run/lab-standin-c.jsonl", "--duration", "3600",
+                          "--rate", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open("/run/lab-standin-c.pid", "w") as fh:
+        fh.write(f"{c.pid}\n")
     ok = wait("both VMs managed", lambda: all((vm_status(n) or {}).get("state") == "running" for n in vms), 60)
     check(ok, "swapfaird manages both VM units (found as swapfair-vm@NAME.service)")
     for n, u in vms.items():
         check(show(u, "ControlGroup") == f"/swapfair.slice/swapfair-vm@{n}.service",
               f"VM {n} runs in swapfair.slice ({show(u, 'ControlGroup')})")
+    ok = wait("VM c placed", lambda: (vm_status("c") or {}).get("state") == "running", 30)
+    props = show_all("vm-c.scope", ["Slice", "ControlGroup", "ActiveState", "Description"])
+    with open(f"/proc/{c.pid}/cgroup") as fh:
+        where = fh.read().strip()
+    check(ok and props.get("Slice") == "swapfair.slice" and where == "0::/swapfair.slice/vm-c.scope",
+          f"the pid-file VM c was placed by StartTransientUnit: vm-c.scope {props} (process in {where})")
+    vms["c"] = "vm-c.scope"
     time.sleep(15)  # let the plan settle past the first feedback steps
 
     before = agreement(vms, "after start")
@@ -247,12 +262,13 @@ def main():
     s = status() or {}
     t2 = s.get("daemon", {}).get("ticks", 0)
     check(t2 > t1 and all(v.get("state") == "running" for v in s.get("vms", [])),
-          f"the restarted daemon ticks ({t1} -> {t2}) and manages both VMs again")
+          f"the restarted daemon ticks ({t1} -> {t2}) and manages every VM again")
     again = agreement(vms, "after the watchdog restart")
     check(all(as_bytes(again[(n, "MemoryHigh")]) is not None for n in vms),
           "the restarted daemon resumed from the limits in force (no reset to infinity)")
 
-    sh("systemctl", "stop", *vms.values(), "swapfaird.service")
+    c.kill()
+    sh("systemctl", "stop", *[u for n, u in vms.items() if n != "c"], "swapfaird.service")
     log(f"systemd: {passed} passed, {failed} failed")
     sys.exit(0 if failed == 0 else 1)
 
