@@ -334,20 +334,24 @@ final class Connection: @unchecked Sendable {
         let dataLength = reply.dataLength
         var sent = reply.sent
         let outcome = header.withUnsafeBytes { h -> WriteOutcome in
+            // Two iovecs at most, on the stack: this runs once per reply.
+            var iov = (iovec(), iovec())
             while sent < total {
-                var iov: [iovec] = []
+                var count = 0
                 if sent < h.count {
-                    iov.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: h.baseAddress! + sent),
-                                     iov_len: h.count - sent))
+                    iov.0 = iovec(iov_base: UnsafeMutableRawPointer(mutating: h.baseAddress! + sent), iov_len: h.count - sent)
+                    count = 1
                 }
                 if let d = data {
                     let skip = max(0, sent - h.count)
-                    iov.append(iovec(iov_base: d.pointer + skip, iov_len: dataLength - skip))
+                    let part = iovec(iov_base: d.pointer + skip, iov_len: dataLength - skip)
+                    if count == 0 { iov.0 = part } else { iov.1 = part }
+                    count += 1
                 }
-                let n = iov.withUnsafeMutableBufferPointer { p -> Int in
+                let n = withUnsafeMutableBytes(of: &iov) { raw -> Int in
                     var msg = msghdr()
-                    msg.msg_iov = p.baseAddress
-                    msg.msg_iovlen = p.count
+                    msg.msg_iov = raw.baseAddress?.assumingMemoryBound(to: iovec.self)
+                    msg.msg_iovlen = count
                     return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | (blocking ? 0 : Int32(MSG_DONTWAIT)))
                 }
                 if n < 0 {

@@ -35,7 +35,7 @@ public final class SystemdBus: @unchecked Sendable {
     /// systemd's version string, read when connecting.
     public private(set) var version = ""
     /// Bound on one call; a manager busy for longer is reported as a failure, not waited on.
-    public var callTimeoutMicroseconds: UInt64 = 10_000_000
+    public let callTimeoutMicroseconds: UInt64 = 10_000_000
 
     static let destination = "org.freedesktop.systemd1"
     static let managerPath = "/org/freedesktop/systemd1"
