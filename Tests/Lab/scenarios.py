@@ -156,9 +156,12 @@ def analyse_hv(s, victim, hog, ws, busy1, idle, busy2):
     idle_hog_resident = s.mean(hg, "current", p2 + idle / 3, p3)
     hl = [l for l in hog.lines() if "rate" in l and p2 + idle / 3 <= l["t"] + hog.t0 <= p3]
     idle_hog_rate = sum(l["rate"] for l in hl) / len(hl) if hl else 0
+    # Regained: it holds (90% of) what it held while first busy, or its working set if that is
+    # less. Refault-driven growth can leave a VM holding more than it needs in the first busy
+    # phase; holding that again is not the goal, running without faults is (checked above).
     regain = None
     for x in s.window(vg, p3, end):
-        if x["current"] >= 0.9 * first_share:
+        if x["current"] >= 0.9 * min(first_share, ws):
             regain = x["t"] - p3
             break
     return {"late_majflt": late_majflt, "late_stall": late_stall, "late_resident": late_resident,
