@@ -91,16 +91,14 @@ mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 # the host has no modules for this kernel: lend it ours so modprobe works in the command
 mkdir -p "$R/lib/modules/$KV" && mount --bind "/lib/modules/$KV" "$R/lib/modules/$KV"
 
-# ---- the shared dir, read-write at its host path; the control dir at /run/lab ----
-mkdir -p "$R$LAB_SHARE_PATH"
-mount -t 9p -o "$NINEP,cache=mmap" labshare "$R$LAB_SHARE_PATH" || die "cannot mount $LAB_SHARE_PATH (9p tag labshare)"
-mkdir -p $R/run/lab && mount --bind /lab $R/run/lab
-
 # ---- LAB_INIT=systemd: the same root, booted by systemd as PID 1 ----
 # The command runs as a oneshot unit once basic.target is reached; its output goes to the same
 # port, its status to the control dir, and then systemd powers the machine off. systemd mounts
 # cgroup2 itself and owns the tree, as on a real host.
 if [ "${LAB_INIT:-shell}" = systemd ]; then
+    mkdir -p $R/run/lab && mount --bind /lab $R/run/lab
+    mkdir -p "$R$LAB_SHARE_PATH"
+    mount -t 9p -o "$NINEP,cache=mmap" labshare "$R$LAB_SHARE_PATH" || die "cannot mount $LAB_SHARE_PATH (9p tag labshare)"
     U=$R/etc/systemd/system
     mkdir -p $U
     cat > $U/lab.target <<UNIT
@@ -145,6 +143,10 @@ for c in $(cat $R/sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" > $R/sys/fs/cgroup/cgroup.subtree_control || say "cannot enable controller $c"
 done
 
+# ---- the shared dir, read-write at its host path ----
+mkdir -p "$R$LAB_SHARE_PATH"
+mount -t 9p -o "$NINEP,cache=mmap" labshare "$R$LAB_SHARE_PATH" || die "cannot mount $LAB_SHARE_PATH (9p tag labshare)"
+mkdir -p $R/run/lab && mount --bind /lab $R/run/lab
 ip link set lo up 2>/dev/null
 hostname swapfair-lab
 

@@ -2,8 +2,10 @@
 
 Runs inside the lab guest (Tests/Lab/run-guest.sh), as root, with cgroup2 at /sys/fs/cgroup.
 """
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,17 @@ MiB = 1 << 20
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("SWAPFAIR_BIN", os.path.join(ROOT, ".build", "release"))
 OUT = os.environ.get("LAB_OUT", "/tmp/lab-out")
+LOCAL_OUT = f"/tmp/lab-standins.{os.getpid()}"
+
+
+def _keep_standin_output():
+    if os.path.isdir(LOCAL_OUT):
+        os.makedirs(OUT, exist_ok=True)
+        for f in os.listdir(LOCAL_OUT):
+            shutil.copy(os.path.join(LOCAL_OUT, f), OUT)
+
+
+atexit.register(_keep_standin_output)
 
 
 def log(*args):
@@ -112,8 +125,10 @@ class StandIn:
 
     def __init__(self, name, group, memory, working_set, phases=None, duration=None, pattern="uniform"):
         self.name, self.group = name, group
-        os.makedirs(OUT, exist_ok=True)
-        self.out = os.path.join(OUT, f"{name}.jsonl")
+        # Written to local tmpfs, copied to OUT at exit: on the 9p share, the first page of a file
+        # written by a process under heavy reclaim twice came back as NUL bytes (its "filled" line).
+        os.makedirs(LOCAL_OUT, exist_ok=True)
+        self.out = os.path.join(LOCAL_OUT, f"{name}.jsonl")
         args = [os.path.join(BIN, "swapfair-loadgen"), "--memory", memory, "--working-set", working_set,
                 "--label", name, "--output", self.out, "--pattern", pattern]
         if phases:
