@@ -75,19 +75,35 @@ public struct LRUGenFile: Sendable {
 }
 
 /// Measures each VM's active fraction from MGLRU generations: every period it ages the VM's
-/// memcgs (and those below them) and counts the pages in the two youngest generations, i.e.
-/// those touched since the previous period, against all of the VM's pages on the LRU.
+/// memcgs (and those below them) and counts the pages in the generations born since its previous
+/// aging, i.e. those touched since then, against all of the VM's pages on the LRU.
+///
+/// Reclaim ages a memcg too, and under pressure far more often than once a period. Counting only
+/// the two youngest generations then measured what a VM touched in the last few kernel agings
+/// instead of the last period: a busy VM in reclaim read as 45–85% active, and was taxed as idle.
+/// Every generation since our own previous aging counts, whoever created it.
 ///
 /// Limits: pages a process faulted in before it was moved into the VM's group are not walked
 /// (start the VMM inside its group); swapped-out and mlocked pages are not counted; a
 /// transparent huge page counts as 512 pages from one access.
 public final class LRUGenSampler {
     public let file: LRUGenFile
-    /// memcg ids already aged once: the first reading after a group appears counts every page as
-    /// young, so it is not reported.
-    private var primed: Set<Int> = []
+    /// For each memcg id and node, the youngest generation after this sampler's last aging. The
+    /// first reading after a group appears counts every page as young, so it is not reported.
+    private var agedUpTo: [Int: [Int: UInt64]] = [:]
 
     public init(file: LRUGenFile = LRUGenFile()) { self.file = file }
+
+    /// Pages in the generations numbered `since` or later (touched since that generation was
+    /// created), and all pages.
+    public static func young(_ gens: [LRUGenFile.Generation], since: UInt64) -> (young: UInt64, total: UInt64) {
+        var young: UInt64 = 0, total: UInt64 = 0
+        for g in gens {
+            total += g.pages
+            if g.seq >= since { young += g.pages }
+        }
+        return (young, total)
+    }
 
     /// One period. `targets` are cgroup paths relative to the root ("lab.slice/vm-a").
     /// Returns the fraction for each target that could be measured.
@@ -101,8 +117,10 @@ public final class LRUGenSampler {
         for m in before where owner(m.path) != nil {
             for (node, gens) in m.nodes {
                 guard let maxSeq = gens.last?.seq else { continue }
+                // A stale MAX_SEQ (reclaim aged it meanwhile) succeeds without aging; the
+                // generations reclaim made still hold what was touched, so it is counted anyway.
                 do { try file.age(id: m.id, node: node, maxSeq: maxSeq) } catch {
-                    // EINVAL: the memcg went away or the sequence moved on; it is measured next time.
+                    // EINVAL: the memcg went away; it is measured next time.
                     continue
                 }
                 aged.insert(m.id)
@@ -111,23 +129,25 @@ public final class LRUGenSampler {
         let after = try file.read()
         var active: [String: UInt64] = [:], total: [String: UInt64] = [:]
         var measured: Set<String> = []
+        var next: [Int: [Int: UInt64]] = [:]
         for m in after {
             guard let target = owner(m.path), aged.contains(m.id) else { continue }
-            let fresh = !primed.contains(m.id)
-            primed.insert(m.id)
-            if fresh { continue }
-            measured.insert(target)
-            for gens in m.nodes.values {
+            var counted = false
+            for (node, gens) in m.nodes {
                 guard let maxSeq = gens.last?.seq else { continue }
-                for g in gens {
-                    total[target, default: 0] += g.pages
-                    if g.seq + 1 >= maxSeq { active[target, default: 0] += g.pages }
-                }
+                next[m.id, default: [:]][node] = maxSeq
+                // The youngest generation after the previous aging holds what was touched in the
+                // period before it; the ones after it what was touched since.
+                guard let since = agedUpTo[m.id]?[node], since <= maxSeq else { continue }
+                let (y, t) = Self.young(gens, since: since)
+                active[target, default: 0] += y
+                total[target, default: 0] += t
+                counted = true
             }
+            if counted { measured.insert(target) }
         }
-        // Forget ids that are gone: the kernel reuses them for new groups.
-        let alive = Set(after.map(\.id))
-        primed.formIntersection(alive)
+        // Ids not seen now are forgotten: the kernel reuses them for new groups.
+        agedUpTo = next
         var out: [String: Double] = [:]
         for target in measured {
             let t = total[target] ?? 0

@@ -80,14 +80,63 @@ struct XorShift {
     }
 }
 
-/// Latency samples of one interval, in nanoseconds.
+/// Touch latencies as a log-linear histogram (16 sub-buckets per power of two, so a percentile is
+/// within about 6%), with the exact maximum. Fixed size: a stand-in must hold steady memory like
+/// the VM it stands in for. Keeping raw samples grew it by 80 KiB a second and sorting them at a
+/// phase's end took a few MiB at once, which its own memory limit then reclaimed from the working set.
 struct Latencies {
-    var samples: [UInt32] = []
-    mutating func add(_ ns: UInt64) { if samples.count < 200_000 { samples.append(UInt32(min(ns, UInt64(UInt32.max)))) } }
+    static let subBits = 4
+    static let bucketCount = (64 - subBits + 1) << subBits
+    var counts = [UInt64](repeating: 0, count: Latencies.bucketCount)
+    var total: UInt64 = 0
+    var maxNs: UInt64 = 0
+
+    static func bucket(_ ns: UInt64) -> Int {
+        let sub = UInt64(1) << subBits
+        if ns < sub { return Int(ns) }
+        let exp = 63 - ns.leadingZeroBitCount  // >= subBits
+        let mantissa = Int((ns >> UInt64(exp - subBits)) & (sub - 1))
+        return ((exp - subBits + 1) << subBits) + mantissa
+    }
+
+    /// The middle of a bucket's range, in nanoseconds.
+    static func value(_ b: Int) -> Double {
+        let sub = 1 << subBits
+        if b < sub { return Double(b) }
+        let exp = (b >> subBits) + subBits - 1
+        let low = Double((1 << exp) + (b & (sub - 1)) << (exp - subBits))
+        return low + Double(1 << (exp - subBits)) / 2
+    }
+
+    mutating func add(_ ns: UInt64) {
+        counts[Latencies.bucket(ns)] += 1
+        total += 1
+        maxNs = max(maxNs, ns)
+    }
+
+    mutating func reset() {
+        for i in counts.indices { counts[i] = 0 }
+        total = 0
+        maxNs = 0
+    }
+
+    mutating func merge(_ other: Latencies) {
+        for i in counts.indices { counts[i] += other.counts[i] }
+        total += other.total
+        maxNs = max(maxNs, other.maxNs)
+    }
+
+    /// The p-th percentile in microseconds (0 when empty; p = 1 is the exact maximum).
     func percentile(_ p: Double) -> Double {
-        guard !samples.isEmpty else { return 0 }
-        let s = samples.sorted()
-        return Double(s[min(s.count - 1, Int(Double(s.count - 1) * p))]) / 1000
+        guard total > 0 else { return 0 }
+        if p >= 1 { return Double(maxNs) / 1000 }
+        let rank = UInt64(Double(total - 1) * p)
+        var seen: UInt64 = 0
+        for (b, n) in counts.enumerated() where n > 0 {
+            seen += n
+            if seen > rank { return min(Latencies.value(b), Double(maxNs)) / 1000 }
+        }
+        return Double(maxNs) / 1000
     }
 }
 
@@ -122,7 +171,7 @@ struct Loadgen: ParsableCommand {
 
         let out: FileHandle
         if let output {
-            FileManager.default.createFile(atPath: output, contents: nil)
+            _ = FileManager.default.createFile(atPath: output, contents: nil)
             guard let h = FileHandle(forWritingAtPath: output) else { throw ValidationError("cannot write \(output)") }
             out = h
         } else {
@@ -163,12 +212,13 @@ struct Loadgen: ParsableCommand {
             let phaseEnd = phaseStart + phase.seconds
             var phaseTouches = 0, phaseMajor = 0
             var phaseLat = Latencies()
+            var lat = Latencies()
             t = phaseStart
             while now() < phaseEnd {
                 if stopRequested.load(ordering: .relaxed) { break phaseLoop }
                 let intervalEnd = min(phaseEnd, t + interval)
                 var touches = 0
-                var lat = Latencies()
+                lat.reset()
                 if phase.kind == .busy {
                     let hot = max(1, phaseWS / 10)
                     let budget = rate > 0 ? Int(rate * (intervalEnd - now())) : Int.max
@@ -209,7 +259,7 @@ struct Loadgen: ParsableCommand {
                 ])
                 phaseTouches += touches
                 phaseMajor += f.major - lastFaults.major
-                phaseLat.samples.append(contentsOf: lat.samples.prefix(20_000))
+                phaseLat.merge(lat)
                 lastFaults = f
                 t = now()
             }

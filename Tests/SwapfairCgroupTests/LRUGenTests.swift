@@ -34,4 +34,18 @@ import Testing
         let m = LRUGenFile.parse("nonsense\nmemcg x /a\nmemcg 3 /b\n node 0\n 1 2 3\n 5 6 7 8\n")
         #expect(m.count == 1 && m[0].path == "/b" && m[0].nodes[0]?.count == 1)
     }
+
+    /// What was touched since the sampler's previous aging is every generation born since, not
+    /// just the two youngest: reclaim ages a memcg on its own, often several times a period.
+    @Test func youngCountsEveryGenerationSinceThePreviousAging() {
+        let gens = (LRUGenFile.parse(Self.sample)[1].nodes[0] ?? [])
+        // Aged last at 19; reclaim made 20, this sampler 21: 19, 20 and 21 hold what was touched.
+        let (y, t) = LRUGenSampler.young(gens, since: 19)
+        #expect(t == 40979 + 3 + 10246 + 2)
+        #expect(y == 10246 + 2)
+        // Nothing newer than the previous aging survived: all is old.
+        #expect(LRUGenSampler.young(gens, since: 22).young == 0)
+        // Everything is newer than a generation already evicted.
+        #expect(LRUGenSampler.young(gens, since: 5).young == t)
+    }
 }
