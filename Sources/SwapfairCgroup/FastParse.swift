@@ -73,6 +73,28 @@ public enum FastParse {
         return s
     }
 
+    /// The `memory.events` counters the status report shows.
+    public struct EventCounts: Sendable, Equatable {
+        public var high: UInt64 = 0
+        public var max: UInt64 = 0
+        public var oomKill: UInt64 = 0
+        public init() {}
+    }
+
+    static let eventHigh: [UInt8] = Array("high".utf8)
+    static let eventMax: [UInt8] = Array("max".utf8)
+    static let eventOOMKill: [UInt8] = Array("oom_kill".utf8)
+
+    public static func memoryEvents(_ b: UnsafeRawBufferPointer, file: @autoclosure () -> String) throws(CgroupError) -> EventCounts {
+        var e = EventCounts()
+        try lines(b, file: file()) { key, v in
+            if equal(key, eventHigh) { e.high = v }
+            else if equal(key, eventMax) { e.max = v }
+            else if equal(key, eventOOMKill) { e.oomKill = v }
+        }
+        return e
+    }
+
     /// One named counter from a flat keyed file (`cgroup.events` "populated", `memory.events` "high").
     public static func keyed(_ b: UnsafeRawBufferPointer, _ name: String, file: @autoclosure () -> String) throws(CgroupError) -> UInt64? {
         let want = Array(name.utf8)

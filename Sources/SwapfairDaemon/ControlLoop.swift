@@ -1,7 +1,9 @@
+import Dispatch
 import Logging
 import SwapfairCgroup
 import SwapfairConfig
 import SwapfairPolicy
+import SwapfairSys
 import Synchronization
 
 /// The daemon's view of one configured VM.
@@ -20,8 +22,11 @@ struct TrackedVM {
     var absence: String? = "not located yet"
     var observation: VMObservation?
     var plan: VMPlan?
-    var events: MemoryEvents?
+    var events: FastParse.EventCounts?
     var pressureAvg10: Double?
+    /// The inotify watch on its `cgroup.events`, and whether that file changed since last read.
+    var eventsWatch: Int32?
+    var populatedStale = true
 }
 
 /// Observe → plan → act, once per tick. Runs on one thread; publishes a status report for the
@@ -43,6 +48,12 @@ public final class ControlLoop {
     public private(set) var ticks: UInt64 = 0
     let startTime: Double
     var lastTickMilliseconds = 0.0
+    /// Tells which groups' `cgroup.events` changed, so "populated" is read only then (and every
+    /// `populatedRecheck` ticks, in case an event was missed). Nil when inotify is unavailable:
+    /// then it is read every tick.
+    let populatedWatcher = try? Inotify()
+    var watchOwner: [Int32: Int] = [:]
+    let populatedRecheck: UInt64 = 16
     /// Changes smaller than this (or than 1% of the value) are not written: they would change
     /// nothing the kernel does and fill the log.
     let writeThreshold: UInt64 = 1 << 20
@@ -71,11 +82,12 @@ public final class ControlLoop {
     public func tick(now: Double, clock: () -> Double = { 0 }) -> [VMPlan] {
         let began = clock()
         ticks += 1
+        notePopulatedChanges()
         var inputs: [VMInput] = []
         var indices: [Int] = []
-        for i in vms.indices {
-            locate(i)
-            if vms[i].group != nil, let o = observe(i, now: now) {
+        for i in vms.indices { locate(i) }
+        for (i, reading) in readGroups() {
+            if let o = observe(i, now: now, reading) {
                 inputs.append(VMInput(vms[i].entitlement, o, state: vms[i].state))
                 indices.append(i)
             }
@@ -94,14 +106,18 @@ public final class ControlLoop {
 
     /// Observe and plan without writing anything (`swapfairctl plan`).
     public func dryRun(now: Double) -> [VMPlan] {
+        notePopulatedChanges()
         var inputs: [VMInput] = []
         for i in vms.indices {
             if vms[i].group == nil, case .found(let g, let owned) = locator.locateExisting(vms[i].config) {
                 vms[i].group = g
                 vms[i].owned = owned
                 vms[i].files = CgroupStatFiles(g)
+                watchPopulated(i)
             }
-            if vms[i].group != nil, let o = observe(i, now: now) {
+        }
+        for (i, reading) in readGroups() {
+            if let o = observe(i, now: now, reading) {
                 inputs.append(VMInput(vms[i].entitlement, o, state: vms[i].state))
             }
         }
@@ -118,6 +134,7 @@ public final class ControlLoop {
             vms[i].group = g
             vms[i].owned = owned
             vms[i].files = CgroupStatFiles(g)
+            watchPopulated(i)
             vms[i].state = nil
             vms[i].applied = readKnobs(g)
             vms[i].absence = "located, no processes yet"
@@ -133,6 +150,32 @@ public final class ControlLoop {
         }
     }
 
+    func watchPopulated(_ i: Int) {
+        unwatchPopulated(i)
+        vms[i].populatedStale = true
+        guard let w = populatedWatcher, let g = vms[i].group,
+              let wd = try? w.watchModifications(g.path + "/" + StatFile.events.name) else { return }
+        vms[i].eventsWatch = wd
+        watchOwner[wd] = i
+    }
+
+    func unwatchPopulated(_ i: Int) {
+        guard let wd = vms[i].eventsWatch else { return }
+        populatedWatcher?.unwatch(wd)
+        watchOwner[wd] = nil
+        vms[i].eventsWatch = nil
+    }
+
+    func notePopulatedChanges() {
+        guard let w = populatedWatcher, !watchOwner.isEmpty else { return }
+        let (fired, overflowed) = w.drain()
+        if overflowed {
+            for i in vms.indices { vms[i].populatedStale = true }
+            return
+        }
+        for wd in fired { if let i = watchOwner[wd] { vms[i].populatedStale = true } }
+    }
+
     func readKnobs(_ g: Cgroup) -> [Knob: LimitValue] {
         var found: [Knob: LimitValue] = [:]
         for knob in [Knob.memoryLow, .memoryHigh, .memoryMax, .memorySwapMax] {
@@ -144,56 +187,147 @@ public final class ControlLoop {
 
     // MARK: observe
 
-    func observe(_ i: Int, now: Double) -> VMObservation? {
-        guard let g = vms[i].group, let files = vms[i].files else { return nil }
-        let name = vms[i].config.name
-        do throws(CgroupError) {
+    /// What one tick reads of one VM's group. Reading touches nothing but that VM's own files, so
+    /// on a large host the groups are read in parallel and the results folded in one by one.
+    struct Reading {
+        var populated: UInt64?
+        var stat = FastParse.MemorySummary()
+        var current: UInt64 = 0
+        var swap: UInt64 = 0
+        var pressure: (total: UInt64, avg10: Double)?
+        var events: FastParse.EventCounts?
+        var failure: CgroupError?
+    }
+
+    struct ReadJob {
+        let group: Cgroup
+        let files: CgroupStatFiles
+        let checkExists: Bool
+        let readPopulated: Bool
+        let readEvents: Bool
+    }
+
+    /// The parallel read's view of the jobs and results. Worker c touches only the slots
+    /// c·chunk..<(c+1)·chunk, and each job's open files belong to that job alone, so no two
+    /// threads touch the same memory; the buffers outlive `concurrentPerform`, which returns
+    /// only when every worker has finished.
+    struct DisjointSlices: @unchecked Sendable {
+        let jobs: UnsafeBufferPointer<ReadJob>
+        let out: UnsafeMutableBufferPointer<Reading>
+    }
+
+    /// Below this many groups one thread reads them all; above it the reads are spread over the
+    /// CPUs in chunks (thread hand-off costs more than a few groups' reads).
+    public static let parallelReadThreshold = 128
+
+    /// Reads every located VM's group; returns (VM index, reading) in VM order.
+    func readGroups() -> [(Int, Reading)] {
+        var indices: [Int] = []
+        var jobs: [ReadJob] = []
+        for i in vms.indices {
+            guard let g = vms[i].group, let files = vms[i].files else { continue }
             // The kernel answers ENODEV on the open files of a removed group; files on other file
-            // systems (a test tree) stay readable, so the directory itself is checked now and then.
-            if ticks % 4 == 0, !g.exists { throw .vanished(cgroup: g.description) }
-            let populated = try files.withBytes("cgroup.events") { b throws(CgroupError) in
-                try FastParse.keyed(b, "populated", file: "\(g)/cgroup.events")
+            // systems (a test tree) stay readable, so the directory itself is checked now and then,
+            // and whenever inotify reports its cgroup.events changed (a removal ends the watch).
+            let watched = vms[i].eventsWatch != nil
+            let recheck = ticks % populatedRecheck == 0
+            let checkExists = watched ? vms[i].populatedStale || recheck : ticks % 4 == 0
+            // A VM not running now (dropped for an empty group) is checked every tick until it runs.
+            let readPopulated = !watched || vms[i].populatedStale || vms[i].observation == nil || recheck
+            // Cleared before the read: a change during it raises a new event.
+            if readPopulated { vms[i].populatedStale = false }
+            // Event counts are for the status report only; every few ticks is enough.
+            let readEvents = ticks % 5 == 1 || vms[i].events == nil
+            indices.append(i)
+            jobs.append(ReadJob(group: g, files: files, checkExists: checkExists, readPopulated: readPopulated,
+                                readEvents: readEvents))
+        }
+        var readings = [Reading](repeating: Reading(), count: jobs.count)
+        let chunk = 64
+        if jobs.count < Self.parallelReadThreshold {
+            for k in jobs.indices { readings[k] = Self.read(jobs[k]) }
+        } else {
+            jobs.withUnsafeBufferPointer { input in
+                readings.withUnsafeMutableBufferPointer { output in
+                    let slices = DisjointSlices(jobs: input, out: output)
+                    DispatchQueue.concurrentPerform(iterations: (input.count + chunk - 1) / chunk) { c in
+                        for k in (c * chunk)..<min(slices.jobs.count, (c + 1) * chunk) {
+                            slices.out[k] = Self.read(slices.jobs[k])
+                        }
+                    }
+                }
             }
-            if populated == 0 {
-                // A pid-file VM's scope is swapfair's own and goes with the process; an adopted or
-                // managed group stays and is watched until processes are placed in it again.
-                let pidFile = if case .pidFile = vms[i].config.location { true } else { false }
-                drop(i, reason: "no processes in \(g)", removeGroup: pidFile, forget: pidFile)
-                return nil
+        }
+        return Array(zip(indices, readings))
+    }
+
+    static func read(_ job: ReadJob) -> Reading {
+        var r = Reading()
+        let g = job.group, files = job.files
+        do throws(CgroupError) {
+            if job.checkExists, !g.exists { throw .vanished(cgroup: g.description) }
+            if job.readPopulated {
+                r.populated = try files.withBytes(.events) { b throws(CgroupError) in
+                    try FastParse.keyed(b, "populated", file: "\(g)/cgroup.events")
+                }
+                if r.populated == 0 { return r }
             }
-            let stat = try files.withBytes("memory.stat") { b throws(CgroupError) in
+            r.stat = try files.withBytes(.memoryStat) { b throws(CgroupError) in
                 try FastParse.memoryStat(b, file: "\(g)/memory.stat")
             }
-            let current = try files.number("memory.current")
-            let swap = (try? files.number("memory.swap.current")) ?? 0
+            r.current = try files.number(.memoryCurrent)
+            r.swap = (try? files.number(.swapCurrent)) ?? 0
             // PSI may be off (psi=0): then the feedback holds and the rest still works.
-            let pressure = try? files.withBytes("memory.pressure") { b throws(CgroupError) in
+            r.pressure = try? files.withBytes(.memoryPressure) { b throws(CgroupError) in
                 try FastParse.pressureSome(b, file: "\(g)/memory.pressure")
             }
-            // Event counts are for the status report only; every few ticks is enough.
-            if ticks % 5 == 1 || vms[i].events == nil {
-                vms[i].events = try? MemoryEvents.parse(try files.read("memory.events"), file: "\(g)/memory.events")
+            if job.readEvents {
+                r.events = try? files.withBytes(.memoryEvents) { b throws(CgroupError) in
+                    try FastParse.memoryEvents(b, file: "\(g)/memory.events")
+                }
             }
-            vms[i].pressureAvg10 = pressure?.avg10
-            let o = VMObservation(
-                time: now, memoryCurrent: current, swapCurrent: swap,
-                memoryHigh: vms[i].applied[.memoryHigh]?.bytes, swapMax: vms[i].applied[.memorySwapMax]?.bytes,
-                pressureSomeTotal: pressure?.total ?? 0,
-                activeBytes: stat.activeBytes, inactiveBytes: stat.inactiveBytes,
-                refaultedTotal: stat.refaults * WeightedDivision.page,
-                sampledActiveFraction: activity?.fraction(of: g.relativePath))
-            vms[i].observation = o
-            if vms[i].absence != nil {
-                logger.notice("VM running", metadata: ["vm": "\(name)", "cgroup": "\(g)"])
-                vms[i].absence = nil
-            }
-            return o
-        } catch .vanished {
-            drop(i, reason: "its cgroup \(g) vanished", removeGroup: false, forget: true)
         } catch {
-            logger.warning("cannot observe VM; skipped this tick", metadata: ["vm": "\(name)", "error": "\(error)"])
+            r.failure = error
         }
-        return nil
+        return r
+    }
+
+    /// Folds one VM's reading into its state: drops it when its group emptied or vanished.
+    func observe(_ i: Int, now: Double, _ r: Reading) -> VMObservation? {
+        guard let g = vms[i].group else { return nil }
+        let name = vms[i].config.name
+        switch r.failure {
+        case .vanished?:
+            drop(i, reason: "its cgroup \(g) vanished", removeGroup: false, forget: true)
+            return nil
+        case let error?:
+            logger.warning("cannot observe VM; skipped this tick", metadata: ["vm": "\(name)", "error": "\(error)"])
+            return nil
+        case nil:
+            break
+        }
+        if r.populated == 0 {
+            // A pid-file VM's scope is swapfair's own and goes with the process; an adopted or
+            // managed group stays and is watched until processes are placed in it again.
+            let pidFile = if case .pidFile = vms[i].config.location { true } else { false }
+            drop(i, reason: "no processes in \(g)", removeGroup: pidFile, forget: pidFile)
+            return nil
+        }
+        if let e = r.events { vms[i].events = e }
+        vms[i].pressureAvg10 = r.pressure?.avg10
+        let o = VMObservation(
+            time: now, memoryCurrent: r.current, swapCurrent: r.swap,
+            memoryHigh: vms[i].applied[.memoryHigh]?.bytes, swapMax: vms[i].applied[.memorySwapMax]?.bytes,
+            pressureSomeTotal: r.pressure?.total ?? 0,
+            activeBytes: r.stat.activeBytes, inactiveBytes: r.stat.inactiveBytes,
+            refaultedTotal: r.stat.refaults * WeightedDivision.page,
+            sampledActiveFraction: activity?.fraction(of: g.relativePath))
+        vms[i].observation = o
+        if vms[i].absence != nil {
+            logger.notice("VM running", metadata: ["vm": "\(name)", "cgroup": "\(g)"])
+            vms[i].absence = nil
+        }
+        return o
     }
 
     /// Stops managing a VM for now. `forget`: the group is gone (or was ours and is removed), so the
@@ -206,6 +340,7 @@ public final class ControlLoop {
             }
         }
         if forget || removeGroup {
+            unwatchPopulated(i)
             vms[i].files?.close()
             vms[i].files = nil
             vms[i].group = nil

@@ -99,15 +99,18 @@ public struct VMControlState: Sendable, Equatable, Codable {
     public var refaultedTotal: UInt64
     /// The most memory the VM held lately (decaying): what the idle tax's bound is taken of.
     public var heldMark: Double
+    /// Consecutive ticks it stalled above the target, up to now.
+    public var stalledTicks: Int
 
     public init(feedback: PressureFeedback.State, activity: ActivityEstimator.State, time: Double,
-                pressureSomeTotal: UInt64, refaultedTotal: UInt64, heldMark: Double = 0) {
+                pressureSomeTotal: UInt64, refaultedTotal: UInt64, heldMark: Double = 0, stalledTicks: Int = 0) {
         self.feedback = feedback
         self.activity = activity
         self.time = time
         self.pressureSomeTotal = pressureSomeTotal
         self.refaultedTotal = refaultedTotal
         self.heldMark = heldMark
+        self.stalledTicks = stalledTicks
     }
 }
 
@@ -196,7 +199,14 @@ public struct Planner: Sendable {
             // pages, and its working set is larger than what it holds. Taxing it would deepen the
             // thrash; and since PSI alone flips above and below the target from tick to tick under
             // a steady thrash, both signals count, or its entitlement would flip with it.
-            let memoryBound = (stall ?? 0) > host.feedback.target || refaultRate > feedback.parameters.refaultThreshold
+            // One tick's stall just above the target is not enough: an idle VMM that wakes for its
+            // timers faults in a few of its own pages after they were reclaimed (2–3% of a tick in
+            // the lab), and counting that as fully active took back tens of MiB from a busy
+            // neighbour for a tick. A stall that lasts, a heavy one, or refaults are.
+            let stalled = (stall ?? 0) > host.feedback.target
+            let stalledTicks = stalled ? (previous?.stalledTicks ?? 0) + 1 : 0
+            let memoryBound = (stalled && (stalledTicks >= 2 || (stall ?? 0) > host.feedback.target * 5))
+                || refaultRate > feedback.parameters.refaultThreshold
             let sample = ActivitySample(activeBytes: o.activeBytes, inactiveBytes: o.inactiveBytes,
                                         refaultedBytes: refaulted,
                                         sampledActiveFraction: memoryBound ? 1 : o.sampledActiveFraction)
@@ -210,7 +220,7 @@ public struct Planner: Sendable {
             let held = max(Double(o.memoryCurrent), (previous?.heldMark ?? 0) * (1 - host.heldMarkDecay))
             let state = VMControlState(feedback: fb, activity: activity, time: o.time,
                                        pressureSomeTotal: o.pressureSomeTotal, refaultedTotal: o.refaultedTotal,
-                                       heldMark: held)
+                                       heldMark: held, stalledTicks: stalledTicks)
             steps.append((fb.demand, fraction, stall, decision, state))
         }
 

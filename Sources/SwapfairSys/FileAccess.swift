@@ -5,6 +5,12 @@ import SystemPackage
 import Glibc
 #endif
 
+extension FileDescriptor.OpenOptions {
+    /// O_NOATIME: reads do not update the file's access time. Allowed to the file's owner and to
+    /// privileged processes; others get EPERM from `open`.
+    public static var noAccessTime: FileDescriptor.OpenOptions { .init(rawValue: swapfair_o_noatime()) }
+}
+
 /// Whole-file reads and writes for small kernel interface files (cgroupfs, procfs), with typed errors.
 public enum FileAccess {
     /// Reads a small file completely. The corresponding C functions are `open` and `read`.

@@ -62,14 +62,14 @@ import SwapfairTestSupport
         try tree.add("s/gone", FakeCgroupTree.Group(current: 1))
         let g = CgroupRoot(path: tree.path).group("s/gone")
         let files = CgroupStatFiles(g)
-        #expect(try files.number("memory.current") == 1)
+        #expect(try files.number(.memoryCurrent) == 1)
         try tree.remove("s/gone")
         #expect(throws: CgroupError.vanished(cgroup: "s/gone")) { try g.memoryCurrent() }
         #expect(throws: CgroupError.vanished(cgroup: "s/gone")) { try g.set(.memoryHigh, .max) }
         // An already open file of a removed group: on a fake tree the data stays readable, so
         // opening a fresh one is what must fail.
         let fresh = CgroupStatFiles(g)
-        #expect(throws: CgroupError.vanished(cgroup: "s/gone")) { try fresh.read("memory.stat") }
+        #expect(throws: CgroupError.vanished(cgroup: "s/gone")) { try fresh.read(.memoryStat) }
     }
 
     @Test func malformedFilesAreNamedWithTheirGroup() throws {

@@ -22,6 +22,25 @@ import Testing
         #expect(s["missing_key"] == 0)
     }
 
+    /// The allocation-free readers the control loop uses agree with the general parsers.
+    @Test func fastReadersAgreeWithTheGeneralParsers() throws {
+        let stat = "anon 1000\nactive_anon 600\ninactive_anon 400\nactive_file 100\ninactive_file 400\n"
+            + "workingset_refault_anon 7\nworkingset_refault_file 3\npgmajfault 12\n"
+        let fast = try Array(stat.utf8).withUnsafeBytes { try FastParse.memoryStat($0, file: "s") }
+        let slow = try MemoryStat.parse(stat)
+        #expect(fast.activeBytes == slow.activeBytes && fast.inactiveBytes == slow.inactiveBytes)
+        #expect(fast.refaults == slow.refaults && fast.majorFaults == slow.majorFaults)
+        let events = "low 0\nhigh 41\nmax 2\noom 1\noom_kill 1\noom_group_kill 0\n"
+        let e = try Array(events.utf8).withUnsafeBytes { try FastParse.memoryEvents($0, file: "e") }
+        let g = try MemoryEvents.parse(events)
+        #expect(e.high == g.high && e.high == 41)
+        #expect(e.max == g.max && e.max == 2)
+        #expect(e.oomKill == g.oomKill && e.oomKill == 1)
+        #expect(throws: CgroupError.malformed(file: "g/memory.events", line: 2, text: "high x")) {
+            try Array("low 0\nhigh x\n".utf8).withUnsafeBytes { try FastParse.memoryEvents($0, file: "g/memory.events") }
+        }
+    }
+
     @Test(arguments: ["anon", "anon x", "anon 1 2", "anon -5", "anon 1.5"])
     func malformedMemoryStatLinesAreNamed(line: String) {
         #expect(throws: CgroupError.malformed(file: "g/memory.stat", line: 2, text: line)) {

@@ -101,6 +101,54 @@ import SwapfairTestSupport
         #expect(Set(loop.runningVMs) == ["a", "b", "c"])
     }
 
+    /// Above `parallelReadThreshold` groups the reads run on several threads: every VM must still
+    /// get its own group's numbers, and exits and removals must still be noticed.
+    @Test func manyVMsAreReadInParallelEachFromItsOwnGroup() throws {
+        let n = ControlLoop.parallelReadThreshold * 2 + 7
+        let tree = try FakeCgroupTree()
+        var text = "[host]\nmemory_budget = \"12G\"\nswap_budget = \"8G\"\n"
+        for i in 0..<n {
+            var g = FakeCgroupTree.Group(current: UInt64(100 + i) << 20)
+            g.swap = UInt64(i) << 20
+            try tree.add("machine.slice/vm\(i).scope", g)
+            text += "[[vm]]\nname = \"vm\(i)\"\ncgroup = \"machine.slice/vm\(i).scope\"\n"
+        }
+        let loop = ControlLoop(configuration: try configuration(text), facts: facts,
+                               root: CgroupRoot(path: tree.path), logger: LogCapture().logger(), now: 0)
+        loop.tick(now: 0)
+        #expect(loop.runningVMs.count == n)
+        for i in 0..<n {
+            #expect(loop.vms[i].observation?.memoryCurrent == UInt64(100 + i) << 20)
+            #expect(loop.vms[i].observation?.swapCurrent == UInt64(i) << 20)
+        }
+        var gone = FakeCgroupTree.Group(current: 0)
+        gone.populated = false
+        try tree.update("machine.slice/vm3.scope", gone)
+        try tree.remove("machine.slice/vm\(n - 1).scope")
+        loop.tick(now: 1)
+        #expect(loop.runningVMs.count == n - 2)
+        #expect(!loop.runningVMs.contains("vm3") && !loop.runningVMs.contains("vm\(n - 1)"))
+    }
+
+    /// "populated" is read when inotify says cgroup.events changed, not every tick: an exit is
+    /// still seen on the very next tick, between the periodic re-reads.
+    @Test func anExitIsSeenOnTheNextTickThroughInotify() throws {
+        let tree = try FakeCgroupTree()
+        try setUp(tree)
+        let loop = ControlLoop(configuration: try configuration(Self.threeVMs), facts: facts,
+                               root: CgroupRoot(path: tree.path), logger: LogCapture().logger(), now: 0)
+        for t in 0..<3 { loop.tick(now: Double(t)) }
+        #expect(loop.runningVMs == ["a", "b", "c"])
+        var gone = FakeCgroupTree.Group(current: GiB)
+        gone.populated = false
+        try tree.update("machine.slice/b.scope", gone)
+        loop.tick(now: 3)
+        #expect(loop.runningVMs == ["a", "c"])
+        try tree.update("machine.slice/b.scope", FakeCgroupTree.Group(current: GiB))
+        loop.tick(now: 4)
+        #expect(loop.runningVMs == ["a", "b", "c"])
+    }
+
     @Test func aRestartedDaemonResumesFromTheLimitsItFinds() throws {
         let tree = try FakeCgroupTree()
         try setUp(tree)

@@ -76,4 +76,26 @@ import Testing
         #expect(p[0].activeFraction == 1 && p[1].activeFraction == 1)
         #expect(p[0].entitled == p[1].entitled)
     }
+
+    /// A single tick just above the target (an idle VMM faulting in a few of its own pages) does
+    /// not make an idle VM fully active; the same stall on two ticks in a row does.
+    @Test func aOneTickBlipIsNotActivityButAStallThatLastsIs() {
+        let budget = 4 * GiB
+        var state = VMControlState(feedback: .init(demand: budget / 2), activity: .init(slow: 0.3, fast: 0.3), time: 0,
+                                   pressureSomeTotal: 0, refaultedTotal: 0, heldMark: Double(budget / 2))
+        let planner = Planner(HostPolicy(memoryBudget: budget, swapBudget: 0))
+        var stallTotal: UInt64 = 0
+        var fractions: [Double] = []
+        for t in 1...2 {
+            stallTotal += 29_000  // 2.9% of a one-second tick
+            let o = VMObservation(time: Double(t), memoryCurrent: budget / 2, memoryHigh: budget / 2,
+                                  pressureSomeTotal: stallTotal, sampledActiveFraction: 0.3)
+            let p = planner.plan([VMInput(VMEntitlement(name: "idle"), o, state: state),
+                                  VMInput(VMEntitlement(name: "busy"), VMObservation(time: Double(t), memoryCurrent: budget / 2))])
+            fractions.append(p[0].activeFraction)
+            state = p[0].state
+        }
+        #expect(fractions[0] < 0.5)
+        #expect(fractions[1] == 1)
+    }
 }

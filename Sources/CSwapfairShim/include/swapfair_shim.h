@@ -16,6 +16,9 @@ int swapfair_set_io_flusher(void);
 /// O_DIRECT, which differs by architecture and is hidden from Swift's Glibc module.
 int swapfair_o_direct(void);
 
+/// O_NOATIME, hidden from Swift's Glibc module likewise.
+int swapfair_o_noatime(void);
+
 /// statfs(2)'s f_type for a path (the file system's magic number), which Swift's Glibc module
 /// does not export. Returns 0, or -1 with errno set.
 int swapfair_fs_type(const char *path, int64_t *type);
