@@ -93,7 +93,9 @@ def hog_and_victim(c):
     budget = 320 * MiB
     ws = 120 * MiB
     hog_ws = 600 * MiB
-    busy1, idle, busy2 = 20, 30, 30
+    # The second busy phase is long enough that its second half starts after the swap-ins of the
+    # regain even when the emulated disk is slow (17 s once in CI, with the hog thrashing beside it).
+    busy1, idle, busy2 = 20, 30, 40
     results = {}
     for mode in ["none", "static", "swapfair"]:
         host(budget)
@@ -121,9 +123,12 @@ def hog_and_victim(c):
     for mode, r in results.items():
         rows.append([mode, f"{r['late_majflt']:.0f}", f"{r['late_stall'] * 100:.1f}%", mib(r["late_resident"]),
                      mib(r["idle_hog_resident"]), f"{r['idle_hog_majflt']:.0f}", f"{r['idle_hog_rate'] / 1000:.0f}k",
+                     f"{r['limit_regain']:.1f} s" if r["limit_regain"] is not None else "never",
                      f"{r['regain']:.1f} s" if r["regain"] is not None else "never"])
     table(["MODE", "VICTIM MAJFLT/S (late busy)", "VICTIM STALLED", "VICTIM RESIDENT", "HOG RESIDENT (victim idle)",
-           "HOG MAJFLT/S (victim idle)", "HOG TOUCHES/S (victim idle)", "VICTIM REGAIN"], rows)
+           "HOG MAJFLT/S (victim idle)", "HOG TOUCHES/S (victim idle)", "LIMIT BACK", "MEMORY BACK"], rows)
+    log("(late busy: from the middle of the victim's second busy phase, or from when it holds its share "
+        f"again if later: {results['swapfair']['late_seconds']:.0f} s for swapfair)")
     log(f"(victim working set {mib(ws)} in 160 MiB; hog working set {mib(hog_ws)} in 600 MiB; host {mib(budget)}; "
         "touch rates under TCG are good to about a factor of 2)")
     sw, st = results["swapfair"], results["static"]
@@ -133,43 +138,54 @@ def hog_and_victim(c):
             f"swapfair: busy victim's late stall share ({sw['late_stall'] * 100:.1f}%) near the static split's ({st['late_stall'] * 100:.1f}%)")
     c.check(sw["idle_hog_resident"] >= st["idle_hog_resident"] * 1.15,
             f"swapfair: hog's resident memory while the victim idles ({mib(sw['idle_hog_resident'])}) clearly above the static split's ({mib(st['idle_hog_resident'])})")
-    regain = sw["regain"]
+    lr, regain = sw["limit_regain"], sw["regain"]
+    c.check(lr is not None and lr <= 10,
+            f"swapfair: the victim's limit is back above what it needs within 10 s of its waking "
+            f"({'never' if lr is None else f'{lr:.1f} s'})")
     c.check(regain is not None and regain <= 15,
-            f"swapfair: the victim regains its share within 15 s ({'never' if regain is None else f'{regain:.1f} s'}; "
-            f"goal 10 s: {'met' if regain is not None and regain <= 10 else 'not met'})")
+            f"swapfair: the victim holds its share again within 15 s ({'never' if regain is None else f'{regain:.1f} s'}; "
+            f"goal 10 s: {'met' if regain is not None and regain <= 10 else 'not met'}; swap-ins set the pace)")
+    c.check(sw["late_seconds"] >= 5, f"swapfair: the late window is long enough to judge ({sw['late_seconds']:.0f} s)")
 
 
 def analyse_hv(s, victim, hog, ws, busy1, idle, busy2):
     vg, hg = f"{HOST}/victim", f"{HOST}/hog"
     lines = victim.lines()
+    # Phase boundaries in the sampler's time (the stand-in started at s's time victim.t0), from
+    # the stand-in's own lines: a phase ends with its last line (phases run over by up to a second).
+    def phase_end(i, fallback):
+        ts = [l["t"] for l in lines if l.get("phase_index") == i]
+        return victim.t0 + max(ts) if ts else fallback
     filled = next((l for l in lines if l.get("event") == "filled"), None)
     fill_t = filled["t"] if filled else 0
-    # Phase boundaries in the sampler's time (the stand-in started at s's time victim.t0).
-    p2 = victim.t0 + fill_t + busy1
-    p3 = p2 + idle
-    end = p3 + busy2
-    late = [l for l in lines if l.get("phase_index") == 2 and l["t"] + victim.t0 >= p3 + busy2 / 2]
-    late_majflt = sum(l["majflt_per_s"] for l in late) / len(late) if late else float("nan")
-    w = s.window(vg, p3 + busy2 / 2, end)
-    late_stall = ((w[-1]["stall_us"] - w[0]["stall_us"]) / 1e6 / (w[-1]["t"] - w[0]["t"])) if len(w) > 1 else float("nan")
-    late_resident = s.mean(vg, "current", p3 + busy2 / 2, end)
+    p2 = phase_end(0, victim.t0 + fill_t + busy1)
+    p3 = phase_end(1, p2 + idle)
+    end = phase_end(2, p3 + busy2)
     first_share = s.mean(vg, "current", p2 - busy1 / 2, p2)
+    want = 0.9 * min(first_share, ws)
+    # Regained, two ways. The limit: memory.high (what swapfair sets) is back above what the victim
+    # needs. Its memory: it holds (90% of) what it held while first busy, or its working set if that
+    # is less; this waits on swap-ins, whose speed is the disk's (and the thrashing hog's), not the
+    # controller's. Refault-driven growth can leave a VM holding more than it needs in the first
+    # busy phase; holding that again is not the goal.
+    limit_regain = next((x["t"] - p3 for x in s.window(vg, p3, end) if x["high"] is None or x["high"] >= want), None)
+    regain = next((x["t"] - p3 for x in s.window(vg, p3, end) if x["current"] >= want), None)
+    # The slowdown "from then on": the second half of the busy phase, and not before it holds its
+    # share again (the swap-ins of the regain are counted there, not as slowdown).
+    late_from = p3 + busy2 / 2 if regain is None else max(p3 + busy2 / 2, p3 + regain)
+    late = [l for l in lines if l.get("phase_index") == 2 and l["t"] + victim.t0 - 1 >= late_from]
+    late_majflt = sum(l["majflt_per_s"] for l in late) / len(late) if late else float("nan")
+    w = s.window(vg, late_from, end)
+    late_stall = ((w[-1]["stall_us"] - w[0]["stall_us"]) / 1e6 / (w[-1]["t"] - w[0]["t"])) if len(w) > 1 else float("nan")
+    late_resident = s.mean(vg, "current", late_from, end)
     idle_hog_resident = s.mean(hg, "current", p2 + idle / 3, p3)
     hl = [l for l in hog.lines() if "rate" in l and p2 + idle / 3 <= l["t"] + hog.t0 <= p3]
     idle_hog_rate = sum(l["rate"] for l in hl) / len(hl) if hl else 0
     idle_hog_majflt = sum(l["majflt_per_s"] for l in hl) / len(hl) if hl else float("nan")
-    # Regained: it holds (90% of) what it held while first busy, or its working set if that is
-    # less. Refault-driven growth can leave a VM holding more than it needs in the first busy
-    # phase; holding that again is not the goal, running without faults is (checked above).
-    regain = None
-    for x in s.window(vg, p3, end):
-        if x["current"] >= 0.9 * min(first_share, ws):
-            regain = x["t"] - p3
-            break
     return {"late_majflt": late_majflt, "late_stall": late_stall, "late_resident": late_resident,
             "idle_hog_resident": idle_hog_resident, "idle_hog_rate": idle_hog_rate,
-            "idle_hog_majflt": idle_hog_majflt, "regain": regain,
-            "first_share": first_share}
+            "idle_hog_majflt": idle_hog_majflt, "regain": regain, "limit_regain": limit_regain,
+            "late_seconds": end - late_from, "first_share": first_share}
 
 
 # ------------------------------------------------------------------ idle tax
