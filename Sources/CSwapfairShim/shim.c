@@ -24,9 +24,7 @@ int swapfair_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
 
 int swapfair_o_direct(void) { return O_DIRECT; }
 
-int swapfair_o_noatime(void) {
-    return O_NOATIME;
-}
+int swapfair_o_noatime(void) { return O_NOATIME; }
 
 int swapfair_fs_type(const char *path, int64_t *type) {
     struct statfs s;

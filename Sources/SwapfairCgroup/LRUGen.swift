@@ -117,8 +117,9 @@ public final class LRUGenSampler {
         for m in before where owner(m.path) != nil {
             for (node, gens) in m.nodes {
                 guard let maxSeq = gens.last?.seq else { continue }
-                // A stale MAX_SEQ (reclaim aged it meanwhile) succeeds without aging; the
-                // generations reclaim made still hold what was touched, so it is counted anyway.
+                // A stale MAX_SEQ (reclaim aged it meanwhile) succeeds without aging. The period is
+                // still counted from reclaim's generations, whose walk may skip page tables the
+                // forced one visits: the one known way this can read low.
                 do { try file.age(id: m.id, node: node, maxSeq: maxSeq) } catch {
                     // EINVAL: the memcg went away; it is measured next time.
                     continue
@@ -146,7 +147,8 @@ public final class LRUGenSampler {
             }
             if counted { measured.insert(target) }
         }
-        // Ids not seen now are forgotten: the kernel reuses them for new groups.
+        // Only what was aged now is remembered: ids that are gone may be reused by the kernel for
+        // new groups, and one whose aging failed is primed again next period.
         agedUpTo = next
         var out: [String: Double] = [:]
         for target in measured {

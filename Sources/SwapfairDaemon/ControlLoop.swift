@@ -110,10 +110,7 @@ public final class ControlLoop {
         var inputs: [VMInput] = []
         for i in vms.indices {
             if vms[i].group == nil, case .found(let g, let owned) = locator.locateExisting(vms[i].config) {
-                vms[i].group = g
-                vms[i].owned = owned
-                vms[i].files = CgroupStatFiles(g)
-                watchPopulated(i)
+                attach(i, g, owned: owned)
             }
         }
         for (i, reading) in readGroups() {
@@ -131,10 +128,7 @@ public final class ControlLoop {
         let name = vms[i].config.name
         switch locator.locate(vms[i].config) {
         case .found(let g, let owned):
-            vms[i].group = g
-            vms[i].owned = owned
-            vms[i].files = CgroupStatFiles(g)
-            watchPopulated(i)
+            attach(i, g, owned: owned)
             vms[i].state = nil
             vms[i].applied = readKnobs(g)
             vms[i].absence = "located, no processes yet"
@@ -148,6 +142,14 @@ public final class ControlLoop {
                 vms[i].absence = why
             }
         }
+    }
+
+    /// Makes `g` the VM's group: its statistics files and the watch on its cgroup.events.
+    func attach(_ i: Int, _ g: Cgroup, owned: Bool) {
+        vms[i].group = g
+        vms[i].owned = owned
+        vms[i].files = CgroupStatFiles(g)
+        watchPopulated(i)
     }
 
     func watchPopulated(_ i: Int) {

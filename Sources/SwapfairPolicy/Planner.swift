@@ -194,15 +194,12 @@ public struct Planner: Sendable {
                 refaulted = o.refaultedTotal - previous.refaultedTotal
             }
             let refaultRate = elapsed > 0 && o.memoryCurrent > 0 ? Double(refaulted) / Double(o.memoryCurrent) / elapsed : 0
-            // A VM that stalls on memory, or keeps refaulting what it just lost, is not idle,
-            // whatever the sampling says: while it waits on swap-ins it cannot touch its resident
-            // pages, and its working set is larger than what it holds. Taxing it would deepen the
-            // thrash; and since PSI alone flips above and below the target from tick to tick under
-            // a steady thrash, both signals count, or its entitlement would flip with it.
-            // One tick's stall just above the target is not enough: an idle VMM that wakes for its
-            // timers faults in a few of its own pages after they were reclaimed (2–3% of a tick in
-            // the lab), and counting that as fully active took back tens of MiB from a busy
-            // neighbour for a tick. A stall that lasts, a heavy one, or refaults are.
+            // A VM bound by memory is not idle, whatever the sampling says: while it waits on
+            // swap-ins it cannot touch its resident pages, and taxing it would deepen the thrash.
+            // Bound means refaulting, or stalling above the target for two ticks or above five
+            // times it in one. Refaults count because PSI alone flips above and below the target
+            // tick by tick under a steady thrash; one tick just above it does not, because an idle
+            // VMM waking for its timers faults in a few of its own pages (2–3% of a tick in the lab).
             let stalled = (stall ?? 0) > host.feedback.target
             let stalledTicks = stalled ? (previous?.stalledTicks ?? 0) + 1 : 0
             let memoryBound = (stalled && (stalledTicks >= 2 || (stall ?? 0) > host.feedback.target * 5))
