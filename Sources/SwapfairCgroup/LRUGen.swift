@@ -1,11 +1,17 @@
 import SwapfairSys
 import SystemPackage
 
+/// Where the sampler reads generations and asks for aging: the kernel's file, or a stand-in in tests.
+public protocol LRUGenSource {
+    func read() throws(SysError) -> [LRUGenFile.Memcg]
+    func age(id: Int, node: Int, maxSeq: UInt64) throws(SysError)
+}
+
 /// The multi-generational LRU's debugfs file (`/sys/kernel/debug/lru_gen`): each memory cgroup's
 /// generations per node, and aging on request. Aging with `force_scan` walks the cgroup's page
 /// tables and moves every page accessed since the last aging into the youngest generations,
 /// without reclaiming anything, so the young generations measure what a VM touched lately.
-public struct LRUGenFile: Sendable {
+public struct LRUGenFile: Sendable, LRUGenSource {
     public let path: String
 
     public init(path: String = "/sys/kernel/debug/lru_gen") { self.path = path }
@@ -87,12 +93,16 @@ public struct LRUGenFile: Sendable {
 /// (start the VMM inside its group); swapped-out and mlocked pages are not counted; a
 /// transparent huge page counts as 512 pages from one access.
 public final class LRUGenSampler {
-    public let file: LRUGenFile
+    public let file: any LRUGenSource
     /// For each memcg id and node, the youngest generation after this sampler's last aging. The
     /// first reading after a group appears counts every page as young, so it is not reported.
     private var agedUpTo: [Int: [Int: UInt64]] = [:]
+    /// What the last `sample` saw, one line per memcg and node (for debug logs).
+    public private(set) var lastDetails: [String] = []
+    /// Targets whose aging made no progress in the last `sample` (their MAX_SEQ did not move).
+    public private(set) var lastStuck: [String] = []
 
-    public init(file: LRUGenFile = LRUGenFile()) { self.file = file }
+    public init(file: any LRUGenSource = LRUGenFile()) { self.file = file }
 
     /// Pages in the generations numbered `since` or later (touched since that generation was
     /// created), and all pages.
@@ -128,19 +138,32 @@ public final class LRUGenSampler {
             }
         }
         let after = try file.read()
+        var details: [String] = []
+        let beforeMax = Dictionary(before.map { m in (m.id, m.nodes.mapValues { $0.last?.seq ?? 0 }) }) { a, _ in a }
         var active: [String: UInt64] = [:], total: [String: UInt64] = [:]
         var measured: Set<String> = []
         var next: [Int: [Int: UInt64]] = [:]
+        var stuck: Set<String> = []
         for m in after {
             guard let target = owner(m.path), aged.contains(m.id) else { continue }
             var counted = false
             for (node, gens) in m.nodes {
                 guard let maxSeq = gens.last?.seq else { continue }
+                // Every aging, ours or reclaim's, adds a generation. If none was added, our aging
+                // did nothing: the youngest generation still holds what was touched before the
+                // previous aging, and counting it would read an idle VM as busy. Nothing is
+                // measured then, and the next period only primes.
+                guard let previousMax = beforeMax[m.id]?[node], maxSeq > previousMax else {
+                    stuck.insert(String(target.dropFirst()))
+                    continue
+                }
                 next[m.id, default: [:]][node] = maxSeq
                 // The youngest generation after the previous aging holds what was touched in the
                 // period before it; the ones after it what was touched since.
                 guard let since = agedUpTo[m.id]?[node], since <= maxSeq else { continue }
                 let (y, t) = Self.young(gens, since: since)
+                details.append("\(m.path) node \(node): since \(since), max \(beforeMax[m.id]?[node] ?? 0) → \(maxSeq), "
+                               + "young \(y) of \(t); " + gens.map { "\($0.seq):\($0.pages)" }.joined(separator: " "))
                 active[target, default: 0] += y
                 total[target, default: 0] += t
                 counted = true
@@ -150,6 +173,8 @@ public final class LRUGenSampler {
         // Only what was aged now is remembered: ids that are gone may be reused by the kernel for
         // new groups, and one whose aging failed is primed again next period.
         agedUpTo = next
+        lastDetails = details
+        lastStuck = stuck.sorted()
         var out: [String: Double] = [:]
         for target in measured {
             let t = total[target] ?? 0

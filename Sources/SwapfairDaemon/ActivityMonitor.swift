@@ -44,11 +44,26 @@ public final class ActivityMonitor: Sendable {
 
     func run() {
         var failures = 0
+        var stuckGroups: Set<String> = []
         while !stopped.withLock({ $0 }) {
             let groups = targets.withLock { $0 }
             if !groups.isEmpty {
                 do {
                     let fractions = try sampler.inner.sample(groups)
+                    if logger.logLevel <= .debug {
+                        for line in sampler.inner.lastDetails { logger.debug("MGLRU sample: \(line)") }
+                    }
+                    // A VM whose aging keeps doing nothing keeps its last fraction; say so, once
+                    // per spell, so that a stale fraction can be told from a measured one.
+                    let stuck = Set(sampler.inner.lastStuck)
+                    for group in stuck where !stuckGroups.contains(group) {
+                        logger.notice("MGLRU aging made no progress; the active fraction is not updated while this lasts",
+                                      metadata: ["cgroup": "\(group)"])
+                    }
+                    for group in stuckGroups.subtracting(stuck) where fractions[group] != nil {
+                        logger.notice("MGLRU aging works again", metadata: ["cgroup": "\(group)"])
+                    }
+                    stuckGroups = stuck.union(stuckGroups.filter { fractions[$0] == nil && groups.contains($0) })
                     latest.withLock { current in
                         current = current.filter { groups.contains($0.key) }
                         current.merge(fractions) { $1 }

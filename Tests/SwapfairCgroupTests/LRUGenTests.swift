@@ -1,5 +1,6 @@
 import Testing
 @testable import SwapfairCgroup
+import SwapfairSys
 
 @Suite struct LRUGenTests {
     /// As printed by a 6.12 kernel (two memcgs, one node).
@@ -47,5 +48,57 @@ import Testing
         #expect(LRUGenSampler.young(gens, since: 22).young == 0)
         // Everything is newer than a generation already evicted.
         #expect(LRUGenSampler.young(gens, since: 5).young == t)
+    }
+
+    /// A memcg as MGLRU keeps it: an aging walks the page tables, moves what was touched into the
+    /// youngest generation and adds a new, empty one (unless `stuck`: then the write does nothing).
+    final class SimulatedMGLRU: LRUGenSource {
+        var gens: [LRUGenFile.Generation] = [.init(seq: 3, ageMilliseconds: 0, anonPages: 1000, filePages: 0),
+                                             .init(seq: 4, ageMilliseconds: 0, anonPages: 0, filePages: 0)]
+        var touched: UInt64 = 0
+        var stuck = false
+        func read() throws(SysError) -> [LRUGenFile.Memcg] {
+            [LRUGenFile.Memcg(id: 7, path: "/vm", nodes: [0: gens])]
+        }
+        func age(id: Int, node: Int, maxSeq: UInt64) throws(SysError) {
+            guard !stuck, maxSeq == gens.last?.seq else { return }
+            // The touched pages leave the older generations for the youngest.
+            var moved: UInt64 = 0
+            for i in gens.indices.dropLast() where moved < touched {
+                let m = min(gens[i].anonPages, touched - moved)
+                gens[i].anonPages -= m
+                moved += m
+            }
+            gens[gens.count - 1].anonPages += moved
+            gens.append(.init(seq: maxSeq + 1, ageMilliseconds: 0, anonPages: 0, filePages: 0))
+            if gens.count > 4 {  // MAX_NR_GENS: the oldest folds into the next
+                gens[1].anonPages += gens[0].anonPages
+                gens.removeFirst()
+            }
+        }
+    }
+
+    @Test func anIdleVMReadsIdleAndAStuckAgingIsNotCountedAsActivity() throws {
+        let kernel = SimulatedMGLRU()
+        let sampler = LRUGenSampler(file: kernel)
+        kernel.touched = 1000
+        #expect(try sampler.sample(["vm"]).isEmpty)  // the first period primes
+        #expect(try sampler.sample(["vm"])["vm"] == 1)  // busy: all of it touched
+        kernel.touched = 10
+        let idle = try #require(try sampler.sample(["vm"])["vm"])
+        #expect(idle < 0.02, "idle read as \(idle)")
+        // The aging stops working: nothing is measured (the youngest generation still holds what
+        // was touched before), and the sampler says which VM.
+        kernel.touched = 1000
+        _ = try sampler.sample(["vm"])
+        kernel.stuck = true
+        #expect(try sampler.sample(["vm"])["vm"] == nil)
+        #expect(sampler.lastStuck == ["vm"])
+        kernel.stuck = false
+        kernel.touched = 10
+        #expect(try sampler.sample(["vm"]).isEmpty)  // primes again
+        #expect(sampler.lastStuck.isEmpty)
+        let after = try #require(try sampler.sample(["vm"])["vm"])
+        #expect(after < 0.02, "idle read as \(after) after the aging came back")
     }
 }
