@@ -445,10 +445,12 @@ public final class ControlLoop {
     func reason(_ knob: Knob, _ p: VMPlan) -> String {
         switch knob {
         case .memoryHigh:
-            let lent = p.memoryHigh > p.entitled ? ", \(Format.bytes(p.memoryHigh - p.entitled)) lent" : ""
+            let lent = p.highTarget > p.entitled ? ", \(Format.bytes(p.highTarget - p.entitled)) lent" : ""
+            let stepping = p.memoryHigh > p.highTarget ? "; stepping down to \(Format.bytes(p.highTarget))"
+                : p.memoryHigh < p.highTarget ? "; \(Format.bytes(p.highTarget - p.memoryHigh)) more once cuts elsewhere are made" : ""
             return "entitled \(Format.bytes(p.entitled)) of untaxed \(Format.bytes(p.untaxedShare)) "
                 + "(active \(Format.percent(p.activeFraction))), demand \(Format.bytes(p.demand))\(lent); "
-                + p.decision.summary
+                + p.decision.summary + stepping
         case .memoryLow: return "reservation"
         case .memoryMax: return "limit"
         case .memorySwapMax: return "weighted share of the swap budget"

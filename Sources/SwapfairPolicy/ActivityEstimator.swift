@@ -62,7 +62,11 @@ public struct ActivityEstimator: Sendable, Equatable {
     /// Folds one period of `elapsed` seconds into the state; returns the estimate and the new state.
     public func update(_ state: State?, sample: ActivitySample, elapsed: Double) -> (fraction: Double, state: State) {
         let raw = rawFraction(sample)
-        guard let state else { return (raw, State(slow: raw, fast: raw)) }
+        // No history (a new VM, or the daemon restarted): assume active and let the averages fall
+        // from there, as they would for a VM that goes idle. Starting from one period's raw value
+        // taxed a thrashing VM at once after a restart (its LRU lists read it 30% active) and
+        // moved its limit by a fifth of the budget.
+        guard let state else { return (1, State(slow: 1, fast: 1)) }
         let dt = max(elapsed, 0)
         let aSlow = 1 - exp(-dt / slowTimeConstant)
         let aFast = 1 - exp(-dt / fastTimeConstant)

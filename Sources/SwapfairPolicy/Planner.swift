@@ -13,6 +13,9 @@ public struct HostPolicy: Sendable, Equatable {
     /// Per-tick decay of a VM's held-memory mark (see `VMControlState.heldMark`): 0.005 forgets
     /// half of a drop in about 140 ticks.
     public var heldMarkDecay: Double = 0.005
+    /// Largest cut of a VM's `memory.high` per tick, as a fraction of it, while the host is within
+    /// its budget (see `Planner`, step 4).
+    public var highStepDown: Double = 0.06
     public var feedback: FeedbackParameters
     public var activity: ActivityEstimator
 
@@ -99,18 +102,18 @@ public struct VMControlState: Sendable, Equatable, Codable {
     public var refaultedTotal: UInt64
     /// The most memory the VM held lately (decaying): what the idle tax's bound is taken of.
     public var heldMark: Double
-    /// Consecutive ticks it stalled above the target, up to now.
-    public var stalledTicks: Int
+    /// Consecutive ticks, up to now, that it stalled above the target or refaulted above the threshold.
+    public var pressuredTicks: Int
 
     public init(feedback: PressureFeedback.State, activity: ActivityEstimator.State, time: Double,
-                pressureSomeTotal: UInt64, refaultedTotal: UInt64, heldMark: Double = 0, stalledTicks: Int = 0) {
+                pressureSomeTotal: UInt64, refaultedTotal: UInt64, heldMark: Double = 0, pressuredTicks: Int = 0) {
         self.feedback = feedback
         self.activity = activity
         self.time = time
         self.pressureSomeTotal = pressureSomeTotal
         self.refaultedTotal = refaultedTotal
         self.heldMark = heldMark
-        self.stalledTicks = stalledTicks
+        self.pressuredTicks = pressuredTicks
     }
 }
 
@@ -145,6 +148,9 @@ public struct VMPlan: Sendable, Equatable {
     public var taxFloor: UInt64
     /// The VM's entitlement after the tax: its target.
     public var entitled: UInt64
+    /// The limit planned for it: the entitlement plus what is lent to it.
+    public var highTarget: UInt64
+    /// What is written this tick: `highTarget`, or a step down towards it.
     public var memoryHigh: UInt64
     public var memoryLow: UInt64
     public var memoryMax: UInt64?
@@ -161,7 +167,14 @@ public struct VMPlan: Sendable, Equatable {
 ///    more than τ of the idle part of what it held. That is the VM's entitlement (its target).
 /// 3. Whatever no VM demands is lent out by weight up to the limits: `memory.high` = entitlement
 ///    plus the loan, so memory that nobody needs is not pushed to swap.
-/// 4. Swap: the swap budget is divided by swap weight, each VM's share capped at what it uses plus
+/// 4. A cut of `memory.high` goes in steps of at most `highStepDown` a tick while the host is within
+///    its budget (all at once when it is not). Lowering the limit of a VM that is thrashing by 60 MiB
+///    in one write made the kernel reclaim 120 MiB from it (it fell to 129 MiB under a new limit of
+///    190 MiB, then paged it all back in); four steps of 15 MiB a second apart left it at 177–184 MiB.
+///    The memory taken back arrives a little later, but the neighbour that wants it fills it at the
+///    pace of its own page-ins anyway, and the I/O of the overshoot is not spent. Nothing is lent
+///    out of a cut before the cut has been made.
+/// 5. Swap: the swap budget is divided by swap weight, each VM's share capped at what it uses plus
 ///    headroom (the rest is lent), never below what it already uses.
 public struct Planner: Sendable {
     public var host: HostPolicy
@@ -196,14 +209,16 @@ public struct Planner: Sendable {
             let refaultRate = elapsed > 0 && o.memoryCurrent > 0 ? Double(refaulted) / Double(o.memoryCurrent) / elapsed : 0
             // A VM bound by memory is not idle, whatever the sampling says: while it waits on
             // swap-ins it cannot touch its resident pages, and taxing it would deepen the thrash.
-            // Bound means refaulting, or stalling above the target for two ticks or above five
-            // times it in one. Refaults count because PSI alone flips above and below the target
-            // tick by tick under a steady thrash; one tick just above it does not, because an idle
-            // VMM waking for its timers faults in a few of its own pages (2–3% of a tick in the lab).
-            let stalled = (stall ?? 0) > host.feedback.target
-            let stalledTicks = stalled ? (previous?.stalledTicks ?? 0) + 1 : 0
-            let memoryBound = (stalled && (stalledTicks >= 2 || (stall ?? 0) > host.feedback.target * 5))
-                || refaultRate > feedback.parameters.refaultThreshold
+            // Bound means stalling above the target or refaulting above the threshold two ticks in
+            // a row (PSI alone flips above and below the target tick by tick under a steady thrash,
+            // so either counts), or stalling above 20 times the target in one tick (a VM waking to
+            // a working set that is in swap). One milder tick is not enough: an idle VMM waking for
+            // its timers faults back a few of its own pages, and in the lab such ticks reached
+            // 2–9% of a tick; read as "fully active", each one took 40 MiB back from a neighbour
+            // for one tick, and the neighbour's limit went down and up again.
+            let pressured = (stall ?? 0) > host.feedback.target || refaultRate > feedback.parameters.refaultThreshold
+            let pressuredTicks = pressured ? (previous?.pressuredTicks ?? 0) + 1 : 0
+            let memoryBound = pressuredTicks >= 2 || (stall ?? 0) > host.feedback.target * 20
             let sample = ActivitySample(activeBytes: o.activeBytes, inactiveBytes: o.inactiveBytes,
                                         refaultedBytes: refaulted,
                                         sampledActiveFraction: memoryBound ? 1 : o.sampledActiveFraction)
@@ -217,7 +232,7 @@ public struct Planner: Sendable {
             let held = max(Double(o.memoryCurrent), (previous?.heldMark ?? 0) * (1 - host.heldMarkDecay))
             let state = VMControlState(feedback: fb, activity: activity, time: o.time,
                                        pressureSomeTotal: o.pressureSomeTotal, refaultedTotal: o.refaultedTotal,
-                                       heldMark: held, stalledTicks: stalledTicks)
+                                       heldMark: held, pressuredTicks: pressuredTicks)
             steps.append((fb.demand, fraction, stall, decision, state))
         }
 
@@ -251,14 +266,43 @@ public struct Planner: Sendable {
             Claim(weight: inputs[$0].entitlement.weight, floor: entitled[$0], ceiling: ceilings[$0])
         })
 
-        // 4. Swap.
+        // 4. Step down.
+        let used = inputs.reduce(UInt64(0)) { $0 &+ $1.observation.memoryCurrent }
+        let withinBudget = Double(used) <= Double(budget) * (1 + host.highStepDown)
+        var written = inputs.indices.map { i -> UInt64 in
+            guard withinBudget, inputs[i].state != nil, let found = inputs[i].observation.memoryHigh,
+                  found > high[i] else { return high[i] }
+            let step = UInt64(Double(found) * min(max(host.highStepDown, 0), 1))
+            return min(max(high[i], found - min(step, found)), ceilings[i])
+        }
+        // Memory still held by a cut under way is not there to lend yet: new loans (raises above
+        // both the entitlement and the limit in force) shrink by as much, in proportion. A raise
+        // up to the entitlement is not delayed.
+        let total = written.reduce(UInt64(0), +)
+        if total > budget {
+            let raises = inputs.indices.map { i -> UInt64 in
+                guard written[i] == high[i] else { return 0 }
+                let kept = max(entitled[i], inputs[i].observation.memoryHigh ?? 0)
+                return high[i] > kept ? high[i] - kept : 0
+            }
+            let raised = raises.reduce(UInt64(0), +)
+            if raised > 0 {
+                let share = min(1, Double(total - budget) / Double(raised))
+                for i in inputs.indices where raises[i] > 0 {
+                    written[i] -= min(raises[i], UInt64((Double(raises[i]) * share).rounded(.up)))
+                }
+            }
+        }
+
+        // 5. Swap.
         let swap = planSwap(inputs, absent: absent)
 
         return inputs.indices.map { i in
             let e = inputs[i].entitlement
             return VMPlan(name: e.name, demand: steps[i].demand, activeFraction: steps[i].fraction,
                           stall: steps[i].stall, decision: steps[i].decision, untaxedShare: untaxed[i],
-                          fullShare: full[i], taxFloor: taxFloors[i], entitled: entitled[i], memoryHigh: high[i],
+                          fullShare: full[i], taxFloor: taxFloors[i], entitled: entitled[i], highTarget: high[i],
+                          memoryHigh: written[i],
                           memoryLow: reservations[i], memoryMax: e.limit, swapMax: swap[i],
                           ioWeight: e.ioWeight, state: steps[i].state)
         }

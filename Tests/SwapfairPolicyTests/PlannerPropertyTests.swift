@@ -42,8 +42,26 @@ import SwapfairTestSupport
         let s = scenario(seed)
         let plans = Planner(s.host).plan(s.inputs)
         #expect(plans.reduce(0) { $0 + $1.entitled } <= s.host.memoryBudget, "\(s)")
-        #expect(plans.reduce(0) { $0 + $1.memoryHigh } <= s.host.memoryBudget, "\(s)")
+        #expect(plans.reduce(0) { $0 + $1.highTarget } <= s.host.memoryBudget, "\(s)")
         #expect(plans.reduce(0) { $0 + $1.untaxedShare } <= s.host.memoryBudget, "\(s)")
+        // What is written exceeds the targets only by cuts still under way, each one step below the
+        // limit found (or at the VM's own limit), and only while the host is within its budget.
+        let used = s.inputs.reduce(UInt64(0)) { $0 + $1.observation.memoryCurrent }
+        for (input, p) in zip(s.inputs, plans) {
+            guard p.memoryHigh > p.highTarget else { continue }
+            let found = input.observation.memoryHigh ?? 0
+            let step = UInt64(Double(found) * s.host.highStepDown)
+            #expect(Double(used) <= Double(s.host.memoryBudget) * (1 + s.host.highStepDown), "\(s)")
+            let ceiling = min(input.entitlement.limit ?? .max, s.host.memoryBudget)
+            #expect(p.memoryHigh < found && (p.memoryHigh + step + 1 >= found || p.memoryHigh == ceiling), "\(s)")
+        }
+        // Beyond the budget only while cuts are under way, and then nobody is lent more than it
+        // had: no VM is above both its entitlement and the limit it had.
+        if plans.reduce(0, { $0 + $1.memoryHigh }) > s.host.memoryBudget {
+            for (input, p) in zip(s.inputs, plans) where p.memoryHigh == p.highTarget || p.memoryHigh < p.highTarget {
+                #expect(p.memoryHigh <= max(p.entitled, input.observation.memoryHigh ?? 0), "\(s)")
+            }
+        }
     }
 
     @Test(arguments: seeds)
