@@ -147,8 +147,10 @@ struct Loadgen: ParsableCommand {
 
     @Option(help: "Memory to hold (e.g. 256M).") var memory: String = "256M"
     @Option(help: "Working set inside it, touched while busy (e.g. 120M).") var workingSet: String = "64M"
-    @Option(help: "Access pattern: uniform or skewed (90% of touches in the first 10% of the working set).")
+    @Option(help: "Access pattern: uniform or skewed (90% of touches in the hot set, the first part of the working set).")
     var pattern: String = "uniform"
+    @Option(help: "Hot set of the skewed pattern (e.g. 200M). Default: a tenth of the working set.")
+    var hotSet: String?
     @Option(help: "Phases after filling memory, e.g. busy:20,idle:30,busy:40@64M. Default: busy for --duration.")
     var phases: String?
     @Option(help: "Seconds to run when no phases are given.") var duration: Double = 30
@@ -165,6 +167,11 @@ struct Loadgen: ParsableCommand {
         guard let bytes = parseSize(memory), bytes >= 4096 else { throw ValidationError("bad --memory \(memory)") }
         guard let ws = parseSize(workingSet), ws >= 4096 else { throw ValidationError("bad --working-set \(workingSet)") }
         guard pattern == "uniform" || pattern == "skewed" else { throw ValidationError("--pattern is uniform or skewed") }
+        let hotBytes = try hotSet.map { text -> UInt64 in
+            guard let h = parseSize(text), h >= 4096 else { throw ValidationError("bad --hot-set \(text)") }
+            guard pattern == "skewed" else { throw ValidationError("--hot-set applies to --pattern skewed only") }
+            return h
+        }
         let plan = try phases.map(Phase.parse) ?? [Phase(kind: .busy, seconds: duration)]
         signal(SIGTERM) { _ in stopRequested.store(true, ordering: .relaxed) }
         signal(SIGINT) { _ in stopRequested.store(true, ordering: .relaxed) }
@@ -220,7 +227,7 @@ struct Loadgen: ParsableCommand {
                 var touches = 0
                 lat.reset()
                 if phase.kind == .busy {
-                    let hot = max(1, phaseWS / 10)
+                    let hot = max(1, min(phaseWS, hotBytes.map { Int($0 / 4096) } ?? phaseWS / 10))
                     let budget = rate > 0 ? Int(rate * (intervalEnd - now())) : Int.max
                     var k = 0
                     while touches < budget {

@@ -123,7 +123,7 @@ def cg_sample(rel):
 class StandIn:
     """A swapfair-loadgen process placed in a cgroup before it runs."""
 
-    def __init__(self, name, group, memory, working_set, phases=None, duration=None, pattern="uniform"):
+    def __init__(self, name, group, memory, working_set, phases=None, duration=None, pattern="uniform", hot_set=None):
         self.name, self.group = name, group
         # Written to local tmpfs, copied to OUT at exit: on the 9p share, the first page of a file
         # written by a process under heavy reclaim twice came back as NUL bytes (its "filled" line).
@@ -133,6 +133,8 @@ class StandIn:
                 "--label", name, "--output", self.out, "--pattern", pattern]
         if phases:
             args += ["--phases", phases]
+        if hot_set:
+            args += ["--hot-set", hot_set]
         if duration:
             args += ["--duration", str(duration)]
         procs = os.path.join(cg_path(group), "cgroup.procs")
@@ -204,7 +206,7 @@ class Daemon:
     def start(self):
         log_fh = open(self.logfile, "a")
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "swapfaird"), "--config", self.config, "--socket", self.socket] + self.extra,
+            [os.path.join(BIN, "swapfaird"), "--config", self.config, "--socket", self.socket, "--log-level", "debug"] + self.extra,
             stdout=log_fh, stderr=log_fh)
         for _ in range(100):
             if os.path.exists(self.socket):
