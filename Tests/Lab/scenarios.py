@@ -141,6 +141,12 @@ def hog_and_victim(c):
             f"swapfair: busy victim's late stall share ({sw['late_stall'] * 100:.1f}%) near the static split's ({st['late_stall'] * 100:.1f}%)")
     c.check(sw["idle_hog_resident"] >= st["idle_hog_resident"] * 1.15,
             f"swapfair: hog's resident memory while the victim idles ({mib(sw['idle_hog_resident'])}) clearly above the static split's ({mib(st['idle_hog_resident'])})")
+    # Progress judged by misses per touch: a touch rate under TCG is good to a factor of 2, the
+    # share of touches that fault is not.
+    c.check(sw["idle_hog_miss"] <= st["idle_hog_miss"] * 0.9,
+            f"swapfair: the hog misses less often while the victim idles ({sw['idle_hog_miss'] * 100:.1f}% of its touches "
+            f"fault, {st['idle_hog_miss'] * 100:.1f}% under the static split; {sw['idle_hog_rate'] / 1000:.1f}k "
+            f"against {st['idle_hog_rate'] / 1000:.1f}k touches/s)")
     lr, regain = sw["limit_regain"], sw["regain"]
     c.check(lr is not None and lr <= 10,
             f"swapfair: the victim's limit is back above what it needs within 10 s of its waking "
