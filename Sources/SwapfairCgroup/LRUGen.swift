@@ -115,6 +115,17 @@ public final class LRUGenSampler {
         return (young, total)
     }
 
+    /// The ids of the memcgs that hold the most pages among those with the same path.
+    public static func largestPerPath(_ memcgs: [LRUGenFile.Memcg]) -> Set<Int> {
+        var best: [String: (id: Int, pages: UInt64)] = [:]
+        for m in memcgs {
+            let pages = m.nodes.values.reduce(UInt64(0)) { $0 + $1.reduce(0) { $0 + $1.pages } }
+            if let b = best[m.path], b.pages >= pages { continue }
+            best[m.path] = (m.id, pages)
+        }
+        return Set(best.values.map(\.id))
+    }
+
     /// One period. `targets` are cgroup paths relative to the root ("lab.slice/vm-a").
     /// Returns the fraction for each target that could be measured.
     public func sample(_ targets: [String]) throws(SysError) -> [String: Double] {
@@ -123,8 +134,14 @@ public final class LRUGenSampler {
         func owner(_ path: String) -> String? {
             wanted.first { path == $0 || path.hasPrefix($0 + "/") }
         }
+        // A removed group's memcg lingers, dying, under the same path while pages are still charged
+        // to it, and a group made again with that name (a VM restarted in its scope) sits beside
+        // it. The dying one's pages are nobody's working set: no process maps them, so they never
+        // turn young, and counting them would read the live VM as partly idle. Of the memcgs that
+        // share a path the one holding the most pages is taken as the live one.
+        let live = Self.largestPerPath(before.filter { owner($0.path) != nil })
         var aged: Set<Int> = []
-        for m in before where owner(m.path) != nil {
+        for m in before where owner(m.path) != nil && live.contains(m.id) {
             for (node, gens) in m.nodes {
                 guard let maxSeq = gens.last?.seq else { continue }
                 // A stale MAX_SEQ (reclaim aged it meanwhile) succeeds without aging. The period is
@@ -145,7 +162,7 @@ public final class LRUGenSampler {
         var next: [Int: [Int: UInt64]] = [:]
         var stuck: Set<String> = []
         for m in after {
-            guard let target = owner(m.path), aged.contains(m.id) else { continue }
+            guard let target = owner(m.path), aged.contains(m.id), live.contains(m.id) else { continue }
             var counted = false
             for (node, gens) in m.nodes {
                 guard let maxSeq = gens.last?.seq else { continue }

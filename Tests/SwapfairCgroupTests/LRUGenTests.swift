@@ -101,4 +101,28 @@ import SwapfairSys
         let after = try #require(try sampler.sample(["vm"])["vm"])
         #expect(after < 0.02, "idle read as \(after) after the aging came back")
     }
+
+    /// A group removed and made again under the same name (a VM restarted in its scope) leaves its
+    /// old memcg dying beside the new one while pages are still charged to it. Those pages are
+    /// mapped by no process and never turn young; the live memcg alone is measured.
+    @Test func aDyingMemcgUnderTheSamePathDoesNotDiluteTheLiveOne() throws {
+        final class TwoMemcgs: LRUGenSource {
+            let live = SimulatedMGLRU(), dying = SimulatedMGLRU()
+            init() {
+                live.touched = 1000
+                dying.gens[0].anonPages = 300
+            }
+            func read() throws(SysError) -> [LRUGenFile.Memcg] {
+                [LRUGenFile.Memcg(id: 3, path: "/vm", nodes: [0: dying.gens]),
+                 LRUGenFile.Memcg(id: 9, path: "/vm", nodes: [0: live.gens])]
+            }
+            func age(id: Int, node: Int, maxSeq: UInt64) throws(SysError) {
+                try (id == 3 ? dying : live).age(id: id, node: node, maxSeq: maxSeq)
+            }
+        }
+        let sampler = LRUGenSampler(file: TwoMemcgs())
+        #expect(try sampler.sample(["vm"]).isEmpty)
+        #expect(try sampler.sample(["vm"])["vm"] == 1)
+        #expect(LRUGenSampler.largestPerPath(try TwoMemcgs().read()) == [9])
+    }
 }
