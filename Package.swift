@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "swapfaird", targets: ["swapfaird"]),
         .executable(name: "swapfairctl", targets: ["swapfairctl"]),
         .executable(name: "swapfair-loadgen", targets: ["swapfair-loadgen"]),
+        .executable(name: "swapfair-guestpager", targets: ["swapfair-guestpager"]),
         .library(name: "SwapfairPolicy", targets: ["SwapfairPolicy"]),
         .library(name: "SwapfairCgroup", targets: ["SwapfairCgroup"]),
         .library(name: "SwapfairConfig", targets: ["SwapfairConfig"]),
@@ -89,10 +90,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // What the workloads share: reports, latency histograms, the guest pager's model.
+        .target(name: "SwapfairWorkload", swiftSettings: strict),
         // A VM stand-in workload for the lab tests, the demo and the benchmarks.
         .executableTarget(
             name: "swapfair-loadgen",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["SwapfairWorkload", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        // A guest with its own swap, for the double-paging benchmarks.
+        .executableTarget(
+            name: "swapfair-guestpager",
+            dependencies: ["SwapfairWorkload", "SwapfairSys", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // Benchmarks/: `swift run -c release swapfair-tick-bench`.
         .executableTarget(
@@ -104,6 +113,7 @@ let package = Package(
             path: "Benchmarks/TickBenchmark",
             swiftSettings: strict),
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
+        .testTarget(name: "SwapfairWorkloadTests", dependencies: ["SwapfairWorkload"], swiftSettings: strict),
         .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairSystemdTests", dependencies: ["SwapfairSystemd"], swiftSettings: strict),

@@ -9,6 +9,9 @@ extension FileDescriptor.OpenOptions {
     /// O_NOATIME: reads do not update the file's access time. Allowed to the file's owner and to
     /// privileged processes; others get EPERM from `open`.
     public static var noAccessTime: FileDescriptor.OpenOptions { .init(rawValue: swapfair_o_noatime()) }
+    /// O_DIRECT: I/O goes to the device without the page cache; buffers, offsets and lengths must
+    /// be aligned to the logical block size. Some file systems (tmpfs) refuse it with EINVAL.
+    public static var direct: FileDescriptor.OpenOptions { .init(rawValue: swapfair_o_direct()) }
 }
 
 /// Whole-file reads and writes for small kernel interface files (cgroupfs, procfs), with typed errors.

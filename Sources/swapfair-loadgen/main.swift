@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Synchronization
+import SwapfairWorkload
 
 #if canImport(Glibc)
 import Glibc
@@ -41,105 +42,6 @@ struct Phase: CustomStringConvertible {
     }
 }
 
-func parseSize(_ s: String) -> UInt64? {
-    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
-    if let u = s.last.flatMap({ units[Character($0.uppercased())] }), let v = Double(s.dropLast()) { return UInt64(v * Double(u)) }
-    return UInt64(s)
-}
-
-func now() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
-func faults() -> (major: Int, minor: Int) {
-    var u = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &u)
-    return (u.ru_majflt, u.ru_minflt)
-}
-
-/// VmRSS and VmSwap from /proc/self/status, in bytes.
-func residency() -> (rss: UInt64, swap: UInt64) {
-    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return (0, 0) }
-    var rss: UInt64 = 0, swap: UInt64 = 0
-    for line in text.split(separator: "\n") {
-        let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-        guard f.count >= 2, let kib = UInt64(f[1]) else { continue }
-        if f[0] == "VmRSS:" { rss = kib << 10 }
-        if f[0] == "VmSwap:" { swap = kib << 10 }
-    }
-    return (rss, swap)
-}
-
-struct XorShift {
-    var s: UInt64
-    mutating func next() -> UInt64 {
-        s ^= s << 13; s ^= s >> 7; s ^= s << 17
-        return s
-    }
-}
-
-/// Touch latencies as a log-linear histogram (16 sub-buckets per power of two, so a percentile is
-/// within about 6%), with the exact maximum. Fixed size: a stand-in must hold steady memory like
-/// the VM it stands in for. Keeping raw samples grew it by 80 KiB a second and sorting them at a
-/// phase's end took a few MiB at once, which its own memory limit then reclaimed from the working set.
-struct Latencies {
-    static let subBits = 4
-    static let bucketCount = (64 - subBits + 1) << subBits
-    var counts = [UInt64](repeating: 0, count: Latencies.bucketCount)
-    var total: UInt64 = 0
-    var maxNs: UInt64 = 0
-
-    static func bucket(_ ns: UInt64) -> Int {
-        let sub = UInt64(1) << subBits
-        if ns < sub { return Int(ns) }
-        let exp = 63 - ns.leadingZeroBitCount  // >= subBits
-        let mantissa = Int((ns >> UInt64(exp - subBits)) & (sub - 1))
-        return ((exp - subBits + 1) << subBits) + mantissa
-    }
-
-    /// The middle of a bucket's range, in nanoseconds.
-    static func value(_ b: Int) -> Double {
-        let sub = 1 << subBits
-        if b < sub { return Double(b) }
-        let exp = (b >> subBits) + subBits - 1
-        let low = Double((1 << exp) + (b & (sub - 1)) << (exp - subBits))
-        return low + Double(1 << (exp - subBits)) / 2
-    }
-
-    mutating func add(_ ns: UInt64) {
-        counts[Latencies.bucket(ns)] += 1
-        total += 1
-        maxNs = max(maxNs, ns)
-    }
-
-    mutating func reset() {
-        for i in counts.indices { counts[i] = 0 }
-        total = 0
-        maxNs = 0
-    }
-
-    mutating func merge(_ other: Latencies) {
-        for i in counts.indices { counts[i] += other.counts[i] }
-        total += other.total
-        maxNs = max(maxNs, other.maxNs)
-    }
-
-    /// The p-th percentile in microseconds (0 when empty; p = 1 is the exact maximum).
-    func percentile(_ p: Double) -> Double {
-        guard total > 0 else { return 0 }
-        if p >= 1 { return Double(maxNs) / 1000 }
-        let rank = UInt64(Double(total - 1) * p)
-        var seen: UInt64 = 0
-        for (b, n) in counts.enumerated() where n > 0 {
-            seen += n
-            if seen > rank { return min(Latencies.value(b), Double(maxNs)) / 1000 }
-        }
-        return Double(maxNs) / 1000
-    }
-}
-
 struct Loadgen: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swapfair-loadgen",
@@ -176,25 +78,14 @@ struct Loadgen: ParsableCommand {
         signal(SIGTERM) { _ in stopRequested.store(true, ordering: .relaxed) }
         signal(SIGINT) { _ in stopRequested.store(true, ordering: .relaxed) }
 
-        let out: FileHandle
-        if let output {
-            _ = FileManager.default.createFile(atPath: output, contents: nil)
-            guard let h = FileHandle(forWritingAtPath: output) else { throw ValidationError("cannot write \(output)") }
-            out = h
-        } else {
-            out = FileHandle.standardOutput
-        }
-        func emit(_ obj: [String: Any]) {
-            if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
-                out.write(data + Data("\n".utf8))
-            }
-        }
+        let lines = try JSONLines(path: output)
+        func emit(_ obj: [String: Any]) { lines.emit(obj) }
 
         let pages = Int(bytes / 4096)
         guard let raw = mmap(nil, Int(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               raw != MAP_FAILED else { throw ValidationError("cannot map \(memory)") }
         let words = raw.bindMemory(to: UInt64.self, capacity: Int(bytes / 8))
-        var rng = XorShift(s: seed | 1)
+        var rng = XorShift(seed: seed)
         let start = now()
 
         // Fill: every page gets distinct, incompressible content, as a guest's RAM would have.

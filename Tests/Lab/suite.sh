@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-kernel tests: builds swapfair (release), then
 #   1. one guest: the capability check, the kernel NBD client swapping to a swapfair export
-#      (swapdev.sh), and the controller's end-to-end scenarios (scenarios.py [SCENARIO...]);
+#      (swapdev.sh), the controller's end-to-end scenarios (scenarios.py [SCENARIO...]) and the
+#      double-paging measurement (double_paging.py; named "double_paging" among the scenarios);
 #   2. a second guest whose swap disk is an export of a swapfaird on this host, killed and
 #      restarted midway (guest-swap.sh; skipped when scenarios are named);
 #   3. a third guest booted by systemd as PID 1: the units installed, limits set through systemd,
@@ -11,16 +12,25 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 echo "lab: building swapfair (release) for the guest"
 swift build -c release 2>&1 | grep -E "error|complete" || true
-[ -x .build/release/swapfaird ] && [ -x .build/release/swapfair-loadgen ] || { echo "lab: 0 passed, 1 failed (build)"; exit 1; }
+[ -x .build/release/swapfaird ] && [ -x .build/release/swapfair-loadgen ] && [ -x .build/release/swapfair-guestpager ] || { echo "lab: 0 passed, 1 failed (build)"; exit 1; }
 export LAB_OUT=${LAB_OUT:-$PWD/lab-runs/latest}
 rm -rf "$LAB_OUT"; mkdir -p "$LAB_OUT"
-scenarios="$*"
+# double_paging (Tests/Lab/double_paging.py) runs after the controller's scenarios, or alone when named alone.
+scenarios=""; dp=1
+[ $# -gt 0 ] && dp=0
+for a in "$@"; do
+    if [ "$a" = double_paging ]; then dp=1; else scenarios="$scenarios $a"; fi
+done
+scenarios=${scenarios# }
+run_scenarios=1
+[ $# -gt 0 ] && [ -z "$scenarios" ] && run_scenarios=0
 LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB_OUT ${LAB_PASS_ENV:-}" \
     Tests/Lab/run-guest.sh . "bash Tests/Lab/check.sh 2>&1 | sed 's/^/check: /'
         echo; echo '=== the kernel nbd client swaps to a swapfair export ==='
         bash Tests/Lab/swapdev.sh 2>&1 | grep -vE '^(Setting up|no label)'
-        python3 Tests/Lab/scenarios.py $scenarios" 2>&1 | tee "$LAB_OUT/guest1.log"
-if [ -z "$scenarios" ]; then
+        if [ $run_scenarios = 1 ]; then python3 Tests/Lab/scenarios.py $scenarios; fi
+        if [ $dp = 1 ]; then python3 Tests/Lab/double_paging.py; fi" 2>&1 | tee "$LAB_OUT/guest1.log"
+if [ $# = 0 ]; then
     echo; echo "=== a guest swaps to swapfair on the host; the daemon is SIGKILLed and restarted midway ==="
     Tests/Lab/guest-swap.sh 2>&1 | grep -vE "^(lab:|\[ )" | tee "$LAB_OUT/guest2.log"
     echo; echo "=== swapfair under systemd as PID 1 ==="
@@ -31,7 +41,8 @@ fi
 passed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )PASS:")
 failed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )FAIL:")
 # A guest that died before printing its checks is a failure too.
-grep -qE "^scenarios: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1))
+[ $run_scenarios = 1 ] && { grep -qE "^scenarios: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
+[ $dp = 1 ] && { grep -qE "^double_paging: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
 [ -n "${failed_early:-}" ] && failed=$((failed + 1))
 echo "lab: figures, logs and time series are in $LAB_OUT"
 echo "lab: $passed passed, $failed failed"

@@ -1,0 +1,182 @@
+/// Where a guest pager keeps the pages it swaps out: its swap disk, one 4 KiB block per page.
+public protocol GuestSwapDisk {
+    func write(block: Int, from page: UnsafeRawBufferPointer) throws
+    func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws
+}
+
+/// What a guest pager counts. "Host-swapped" is the ground truth of double paging: the frame was
+/// not in the host's RAM at the moment the guest used it, so the host had to read it back first.
+public struct GuestPagerCounters: Sendable, Equatable {
+    public var accesses: UInt64 = 0
+    /// Accesses to pages that were not in a frame (guest page faults).
+    public var guestFaults: UInt64 = 0
+    /// Pages written to the guest's swap disk to free their frame.
+    public var swapOuts: UInt64 = 0
+    /// Pages read back from the guest's swap disk.
+    public var swapIns: UInt64 = 0
+    /// Clean pages dropped from their frame without a write (the disk already held them).
+    public var drops: UInt64 = 0
+    /// Swap-outs of a frame the host had swapped out: double paging (the host reads the page back
+    /// only for the guest to write it to its own disk).
+    public var doublePaged: UInt64 = 0
+    /// Swap-ins into a frame the host had swapped out: the host reads back a frame whose content
+    /// the guest is about to overwrite whole (a "false swap read").
+    public var falseReads: UInt64 = 0
+    /// Pages whose content did not match what was last written to them when read back.
+    public var corrupt: UInt64 = 0
+    public init() {}
+}
+
+/// A guest's memory management in miniature, over a real mapping: `frameCount` 4 KiB frames of
+/// "guest RAM" hold `pageCount` guest pages; when a page that is not in a frame is accessed, the
+/// pager frees a frame by the clock algorithm (second chance), writes the victim to its swap disk
+/// if the disk's copy is not current, and reads the page in (or fills a new one). Freed frames are
+/// reused and overwritten, as a guest's are. The host sees only the frames: when the host's memory
+/// limit is below them, the host swaps frames too, and the pager records, for every swap-out and
+/// swap-in, whether the frame was host-resident at that moment (`hostResident`, e.g. `mincore`).
+///
+/// Every page's content is a function of its number and version (bumped on each write access), so
+/// each swap-in is checked against what was last written.
+public final class GuestPager {
+    public static let pageSize = 4096
+    public let frameCount: Int
+    public let pageCount: Int
+    public private(set) var counters = GuestPagerCounters()
+    /// Called once per written swap-out: the block and whether its frame was host-swapped.
+    public var onSwapOut: ((Int, Bool) -> Void)?
+
+    let ram: UnsafeMutableRawPointer
+    let disk: any GuestSwapDisk
+    let hostResident: (UnsafeRawPointer) -> Bool
+    let seed: UInt64
+    /// Page → frame, or -1.
+    var frameOfPage: [Int32]
+    /// Frame → page, or -1 while free.
+    var pageOfFrame: [Int32]
+    var referenced: [Bool]
+    /// The frame holds a version of its page that its disk block does not.
+    var dirty: [Bool]
+    var onDisk: [Bool]
+    var version: [UInt32]
+    var hand = 0
+    var neverUsed = 0
+
+    /// `ram` must hold `frameCount` page-aligned frames and stay mapped while the pager lives.
+    public init(ram: UnsafeMutableRawPointer, frameCount: Int, pageCount: Int, disk: any GuestSwapDisk, seed: UInt64 = 1,
+                hostResident: @escaping (UnsafeRawPointer) -> Bool) {
+        precondition(frameCount > 0 && pageCount > 0)
+        self.ram = ram
+        self.frameCount = frameCount
+        self.pageCount = pageCount
+        self.disk = disk
+        self.seed = seed
+        self.hostResident = hostResident
+        frameOfPage = Array(repeating: -1, count: pageCount)
+        pageOfFrame = Array(repeating: -1, count: frameCount)
+        referenced = Array(repeating: false, count: frameCount)
+        dirty = Array(repeating: false, count: frameCount)
+        onDisk = Array(repeating: false, count: pageCount)
+        version = Array(repeating: 0, count: pageCount)
+    }
+
+    func frame(_ f: Int) -> UnsafeMutableRawPointer { ram + f * Self.pageSize }
+
+    /// The content of `page` at `version`: a header word, then words from a generator seeded by both.
+    func fill(_ p: UnsafeMutableRawPointer, page: Int, version v: UInt32) {
+        let words = p.assumingMemoryBound(to: UInt64.self)
+        var x = XorShift(seed: (UInt64(page) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(v) << 40) ^ seed)
+        words[0] = UInt64(page) << 32 | UInt64(v)
+        for i in 1..<(Self.pageSize / 8) { words[i] = x.next() }
+    }
+
+    func matches(_ p: UnsafeRawPointer, page: Int, version v: UInt32) -> Bool {
+        let words = p.assumingMemoryBound(to: UInt64.self)
+        guard words[0] == UInt64(page) << 32 | UInt64(v) else { return false }
+        var x = XorShift(seed: (UInt64(page) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(v) << 40) ^ seed)
+        for i in 1..<(Self.pageSize / 8) where words[i] != x.next() { return false }
+        return true
+    }
+
+    /// One access by the guest. Returns true when it faulted (the page was not in a frame).
+    @discardableResult
+    public func access(page: Int, write: Bool) throws -> Bool {
+        counters.accesses += 1
+        var f = Int(frameOfPage[page])
+        let faulted = f < 0
+        if faulted {
+            f = try fault(page)
+        }
+        referenced[f] = true
+        if write {
+            version[page] &+= 1
+            fill(frame(f), page: page, version: version[page])
+            dirty[f] = true
+        } else {
+            // A read: the guest's access touches the frame (the host sees it as an access).
+            _ = frame(f).load(fromByteOffset: (page % 511 + 1) * 8, as: UInt64.self)
+        }
+        return faulted
+    }
+
+    func fault(_ page: Int) throws -> Int {
+        counters.guestFaults += 1
+        let f = try freeFrame()
+        let p = frame(f)
+        if onDisk[page] {
+            if !hostResident(p) { counters.falseReads += 1 }
+            try disk.read(block: page, into: UnsafeMutableRawBufferPointer(start: p, count: Self.pageSize))
+            counters.swapIns += 1
+            if !matches(p, page: page, version: version[page]) { counters.corrupt += 1 }
+            dirty[f] = false
+        } else {
+            fill(p, page: page, version: version[page])
+            dirty[f] = true
+        }
+        frameOfPage[page] = Int32(f)
+        pageOfFrame[f] = Int32(page)
+        return f
+    }
+
+    /// A frame never used yet, or the clock's victim, written out first if its disk copy is stale.
+    func freeFrame() throws -> Int {
+        if neverUsed < frameCount {
+            neverUsed += 1
+            return neverUsed - 1
+        }
+        while referenced[hand] {
+            referenced[hand] = false
+            hand = (hand + 1) % frameCount
+        }
+        let f = hand
+        hand = (hand + 1) % frameCount
+        let victim = Int(pageOfFrame[f])
+        if victim >= 0 {
+            if dirty[f] || !onDisk[victim] {
+                let swapped = !hostResident(frame(f))
+                if swapped { counters.doublePaged += 1 }
+                try disk.write(block: victim, from: UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize))
+                counters.swapOuts += 1
+                onDisk[victim] = true
+                onSwapOut?(victim, swapped)
+            } else {
+                counters.drops += 1
+            }
+            frameOfPage[victim] = -1
+            pageOfFrame[f] = -1
+        }
+        return f
+    }
+
+    /// Reads every page (through faults where needed) and counts those whose content is not what
+    /// was last written. Returns the number of bad pages.
+    public func verifyAll() throws -> Int {
+        var bad = 0
+        for page in 0..<pageCount where version[page] != 0 || onDisk[page] || frameOfPage[page] >= 0 {
+            let before = counters.corrupt
+            var f = Int(frameOfPage[page])
+            if f < 0 { f = try fault(page) }
+            if counters.corrupt > before || !matches(frame(f), page: page, version: version[page]) { bad += 1 }
+        }
+        return bad
+    }
+}

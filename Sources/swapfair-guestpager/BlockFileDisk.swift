@@ -1,0 +1,71 @@
+import SwapfairSys
+import SwapfairWorkload
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The guest's swap disk: a block device (a swapfair export attached with `nbd-client`, a plain
+/// partition) or a regular file, one 4 KiB block per guest page, written and read with O_DIRECT
+/// where the file system allows it, so that every swap-out and swap-in is real I/O.
+struct BlockFileDisk: GuestSwapDisk {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    let fd: FileDescriptor
+    let path: String
+    let direct: Bool
+
+    /// Opens `path`, creating a regular file of `blocks` blocks if there is none; a device or an
+    /// existing file must already hold that many.
+    init(path: String, blocks: Int) throws {
+        let need = Int64(blocks) * Int64(GuestPager.pageSize)
+        var st = stat()
+        let exists = stat(path, &st) == 0
+        let isFile = !exists || (st.st_mode & S_IFMT) == S_IFREG
+        let options: FileDescriptor.OpenOptions = exists ? [] : [.create]
+        var direct = true
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, .readWrite, options: options.union(.direct), permissions: [.ownerReadWrite])
+        } catch Errno.invalidArgument {
+            // tmpfs and a few others have no direct I/O; the page cache is then in the way, and said so.
+            direct = false
+            fd = try FileDescriptor.open(path, .readWrite, options: options, permissions: [.ownerReadWrite])
+        } catch {
+            throw Failure(description: "cannot open the swap disk \(path): \(error)")
+        }
+        let size = try fd.seek(offset: 0, from: .end)
+        if size < need {
+            guard isFile else {
+                try? fd.close()
+                throw Failure(description: "the swap disk \(path) holds \(size >> 20) MiB; \(need >> 20) MiB are needed for the guest's pages")
+            }
+            guard ftruncate(fd.rawValue, off_t(need)) == 0 else {
+                let e = Errno(rawValue: errno)
+                try? fd.close()
+                throw Failure(description: "cannot size the swap disk \(path) to \(need >> 20) MiB: \(e)")
+            }
+        }
+        self.fd = fd
+        self.path = path
+        self.direct = direct
+    }
+
+    func write(block: Int, from page: UnsafeRawBufferPointer) throws {
+        let n = try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(GuestPager.pageSize), page)
+        guard n == page.count else { throw Failure(description: "short write to \(path) at block \(block)") }
+    }
+
+    func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < page.count {
+            let n = try fd.read(fromAbsoluteOffset: Int64(block) * Int64(GuestPager.pageSize) + Int64(done),
+                                into: UnsafeMutableRawBufferPointer(rebasing: page[done...]))
+            guard n > 0 else { throw Failure(description: "short read from \(path) at block \(block)") }
+            done += n
+        }
+    }
+}

@@ -1,0 +1,134 @@
+import ArgumentParser
+import Foundation
+import Synchronization
+import SwapfairWorkload
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// A paging benchmark workload that behaves like a guest with its own swap: "guest RAM" is a
+// mapping in this process (the host's memory limit on its cgroup decides how much of it the host
+// keeps in RAM), the guest's own page replacement runs over those frames, and its swap disk is a
+// block device or file (a swapfair NBD export attached with nbd-client, or a plain one). Every
+// guest swap-out and swap-in records whether the host had swapped that frame at the moment
+// (mincore on the mapping): the ground truth of double paging. Reports JSON lines.
+
+let stopRequested = Atomic<Bool>(false)
+
+struct GuestPagerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "swapfair-guestpager",
+        abstract: "A guest with its own swap, in miniature: pages its memory to its own disk and records double paging (JSON lines).")
+
+    @Option(help: "Guest RAM: the frames the guest pages into (e.g. 96M). The host may swap them.") var ram: String = "96M"
+    @Option(help: "Guest memory: the pages the guest uses, more than --ram (e.g. 160M).") var pages: String = "160M"
+    @Option(help: "The guest's swap disk: a block device or a file (created if missing).") var disk: String
+    @Option(help: "Access pattern: uniform or skewed (90% of accesses in the hot set).") var pattern: String = "skewed"
+    @Option(help: "Hot set of the skewed pattern (e.g. 32M). Default: a fifth of --pages.") var hotSet: String?
+    @Option(help: "Share of accesses that write the page (0 to 1).") var writes: Double = 0.3
+    @Option(help: "Seconds to run.") var duration: Double = 30
+    @Option(help: "Seconds per report line.") var interval: Double = 1
+    @Option(help: "Accesses per second (0: as fast as it can).") var rate: Double = 0
+    @Option(help: "Write the JSON lines here instead of standard output.") var output: String?
+    @Option(help: "Write one line per guest swap-out here: time, block, whether the frame was host-swapped.") var events: String?
+    @Option(help: "Name put in every line.") var label: String = "guest"
+    @Option(help: "Random seed.") var seed: UInt64 = 1
+    @Flag(help: "At the end, read every page back and check it holds what was last written; exit status 3 on any mismatch.")
+    var verify = false
+
+    func run() throws {
+        guard let ramBytes = parseSize(ram), ramBytes >= 16 * 4096 else { throw ValidationError("bad --ram \(ram): at least 64K") }
+        guard let pageBytes = parseSize(pages), pageBytes >= ramBytes else {
+            throw ValidationError("bad --pages \(pages): a size at least --ram (\(ram))")
+        }
+        guard pattern == "uniform" || pattern == "skewed" else { throw ValidationError("--pattern is uniform or skewed") }
+        guard (0...1).contains(writes) else { throw ValidationError("--writes is a share, 0 to 1") }
+        let frameCount = Int(ramBytes / 4096), pageCount = Int(pageBytes / 4096)
+        let hot: Int
+        if let hotSet {
+            guard let h = parseSize(hotSet), h >= 4096, h <= pageBytes else { throw ValidationError("bad --hot-set \(hotSet)") }
+            hot = Int(h / 4096)
+        } else {
+            hot = max(1, pageCount / 5)
+        }
+        signal(SIGTERM) { _ in stopRequested.store(true, ordering: .relaxed) }
+        signal(SIGINT) { _ in stopRequested.store(true, ordering: .relaxed) }
+
+        let out = try JSONLines(path: output)
+        let eventLog = try events.map { try JSONLines(path: $0) }
+        let swapDisk = try BlockFileDisk(path: disk, blocks: pageCount)
+        guard let mapped = mmap(nil, Int(ramBytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              mapped != MAP_FAILED else { throw ValidationError("cannot map \(ram) of guest RAM: \(Errno(rawValue: errno))") }
+        defer { munmap(mapped, Int(ramBytes)) }
+        // mincore: whether the host holds the frame in RAM now (a frame in the swap cache counts as held).
+        var residentByte: UInt8 = 0
+        let pager = GuestPager(ram: mapped, frameCount: frameCount, pageCount: pageCount, disk: swapDisk, seed: seed) { p in
+            mincore(UnsafeMutableRawPointer(mutating: p), 4096, &residentByte) != 0 || residentByte & 1 == 1
+        }
+        let start = now()
+        if let eventLog {
+            pager.onSwapOut = { block, swapped in
+                eventLog.emit(["t": now() - start, "block": block, "host_swapped": swapped])
+            }
+        }
+        out.emit(["label": label, "event": "start", "pid": Int(getpid()), "ram": ramBytes, "pages": pageBytes,
+                  "disk": disk, "direct_io": swapDisk.direct, "pattern": pattern, "hot_set": hot * 4096, "writes": writes])
+
+        var rng = XorShift(seed: seed)
+        let writeThreshold = UInt64(writes * Double(UInt64.max >> 11)) // compared with 53 random bits
+        var last = pager.counters
+        var lastFaults = faults()
+        var faultLatency = Latencies(), allFaults = Latencies()
+        var t = now()
+        let end = start + duration
+        while t < end && !stopRequested.load(ordering: .relaxed) {
+            let intervalEnd = min(end, t + interval)
+            faultLatency.reset()
+            let budget = rate > 0 ? Int(rate * (intervalEnd - t)) : Int.max
+            var n = 0
+            while n < budget {
+                if n & 63 == 0 && (now() >= intervalEnd || stopRequested.load(ordering: .relaxed)) { break }
+                n += 1
+                let r = rng.next()
+                let page = pattern == "skewed" && r % 10 != 0 ? Int((r >> 8) % UInt64(hot)) : Int((r >> 8) % UInt64(pageCount))
+                let write = (rng.next() >> 11) < writeThreshold
+                let a = now()
+                if try pager.access(page: page, write: write) {
+                    let ns = UInt64(max(0, (now() - a) * 1e9))
+                    faultLatency.add(ns)
+                    allFaults.add(ns)
+                }
+            }
+            if rate > 0 { while now() < intervalEnd && !stopRequested.load(ordering: .relaxed) { usleep(10_000) } }
+            let c = pager.counters, f = faults(), res = residency()
+            let elapsed = max(now() - t, 1e-6)
+            out.emit([
+                "label": label, "t": now() - start,
+                "accesses": c.accesses - last.accesses, "rate": Double(c.accesses - last.accesses) / elapsed,
+                "guest_faults": c.guestFaults - last.guestFaults, "swap_outs": c.swapOuts - last.swapOuts,
+                "swap_ins": c.swapIns - last.swapIns, "double_paged": c.doublePaged - last.doublePaged,
+                "false_reads": c.falseReads - last.falseReads, "host_majflt": f.major - lastFaults.major,
+                "fault_p50_us": faultLatency.percentile(0.5), "fault_p99_us": faultLatency.percentile(0.99),
+                "rss": res.rss, "swap": res.swap,
+            ])
+            last = c
+            lastFaults = f
+            t = now()
+        }
+        let c = pager.counters
+        let secs = max(now() - start, 1e-6)
+        out.emit(["label": label, "event": "summary", "t": secs, "accesses": c.accesses, "rate": Double(c.accesses) / secs,
+                  "guest_faults": c.guestFaults, "swap_outs": c.swapOuts, "swap_ins": c.swapIns, "drops": c.drops,
+                  "double_paged": c.doublePaged, "false_reads": c.falseReads, "corrupt": c.corrupt,
+                  "fault_p50_us": allFaults.percentile(0.5), "fault_p99_us": allFaults.percentile(0.99)])
+        if verify {
+            let bad = try pager.verifyAll()
+            out.emit(["label": label, "event": "verify", "pages": pageCount, "bad": bad, "swap_ins": pager.counters.swapIns])
+            if bad > 0 { Foundation.exit(3) }
+        }
+    }
+}
+
+GuestPagerCommand.main()

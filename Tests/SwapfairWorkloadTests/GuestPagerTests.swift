@@ -1,0 +1,81 @@
+import Testing
+import SwapfairWorkload
+
+/// An in-memory swap disk that counts its I/O and can flip a bit to prove the check notices.
+final class MemoryDisk: GuestSwapDisk {
+    var blocks: [Int: [UInt8]] = [:]
+    var writes = 0, reads = 0
+    var corruptNextRead = false
+    func write(block: Int, from page: UnsafeRawBufferPointer) throws {
+        blocks[block] = Array(page)
+        writes += 1
+    }
+    func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws {
+        var b = try #require(blocks[block])
+        if corruptNextRead { b[100] ^= 1; corruptNextRead = false }
+        page.copyBytes(from: b)
+        reads += 1
+    }
+}
+
+@Suite struct GuestPagerTests {
+    static func withRAM(frames: Int, _ body: (UnsafeMutableRawPointer) throws -> Void) rethrows {
+        let ram = UnsafeMutableRawPointer.allocate(byteCount: frames * GuestPager.pageSize, alignment: GuestPager.pageSize)
+        defer { ram.deallocate() }
+        try body(ram)
+    }
+
+    @Test func pagesBeyondItsRAMGoToItsDiskAndComeBackIntact() throws {
+        try Self.withRAM(frames: 8) { ram in
+            let disk = MemoryDisk()
+            let pager = GuestPager(ram: ram, frameCount: 8, pageCount: 32, disk: disk) { _ in true }
+            var x = XorShift(seed: 7)
+            for _ in 0..<5000 {
+                let r = x.next()
+                try pager.access(page: Int(r % 32), write: r & 0x100 != 0)
+            }
+            let c = pager.counters
+            #expect(c.guestFaults > 1000, "8 frames for 32 pages must fault often")
+            #expect(c.swapOuts == UInt64(disk.writes) && c.swapIns == UInt64(disk.reads))
+            #expect(c.swapOuts + c.drops + 8 >= c.guestFaults, "every fault past the first 8 frees a frame")
+            #expect(c.drops > 0, "clean pages are dropped, not written again")
+            #expect(c.corrupt == 0 && c.doublePaged == 0 && c.falseReads == 0)
+            #expect(try pager.verifyAll() == 0)
+        }
+    }
+
+    @Test func aPageThatComesBackWrongIsCounted() throws {
+        try Self.withRAM(frames: 2) { ram in
+            let disk = MemoryDisk()
+            let pager = GuestPager(ram: ram, frameCount: 2, pageCount: 3, disk: disk) { _ in true }
+            for p in 0..<3 { try pager.access(page: p, write: true) }  // page 0 goes to disk
+            disk.corruptNextRead = true
+            try pager.access(page: 0, write: false)
+            #expect(pager.counters.corrupt == 1)
+        }
+    }
+
+    /// The ground truth of double paging: a swap-out of a frame the host does not hold is counted,
+    /// one of a frame it holds is not; the same for swap-ins into such frames.
+    @Test func swapOutsOfHostSwappedFramesAreDoublePaging() throws {
+        try Self.withRAM(frames: 4) { ram in
+            let disk = MemoryDisk()
+            var hostSwapped: Set<Int> = []
+            let pager = GuestPager(ram: ram, frameCount: 4, pageCount: 64, disk: disk) { p in
+                !hostSwapped.contains((p - UnsafeRawPointer(ram)) / GuestPager.pageSize)
+            }
+            var flagged: [(Int, Bool)] = []
+            pager.onSwapOut = { flagged.append(($0, $1)) }
+            for p in 0..<4 { try pager.access(page: p, write: true) }
+            hostSwapped = [1, 3]  // the host swaps two frames out
+            // Four new pages: the clock takes frames 0..3 in turn, each holding a dirty page.
+            for p in 4..<8 { try pager.access(page: p, write: false) }
+            #expect(pager.counters.swapOuts == 4)
+            #expect(pager.counters.doublePaged == 2)
+            #expect(flagged.map(\.0) == [0, 1, 2, 3] && flagged.map(\.1) == [false, true, false, true])
+            // Swap-ins into host-swapped frames: page 0 comes back into frame 0 (held), 1 into 1 (not).
+            for p in 0..<2 { try pager.access(page: p, write: false) }
+            #expect(pager.counters.falseReads == 1 && pager.counters.swapIns == 2)
+        }
+    }
+}
