@@ -48,6 +48,13 @@ let package = Package(
             name: "SwapfairIO",
             dependencies: ["CURing", "CSwapfairShim", "SwapfairSys", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
+        // Double paging: content digests of host swap-ins matched against guest swap-outs.
+        .target(name: "SwapfairTracking", swiftSettings: strict),
+        // ublk block devices served from this process: control, queues, targets.
+        .target(
+            name: "SwapfairUblk",
+            dependencies: ["CURing", "CSwapfairShim", "SwapfairIO", "SwapfairSys", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict),
         // NBD exports of the swap volumes: sockets, connections, peer checks.
         .target(
             name: "SwapfairExport",
@@ -71,7 +78,7 @@ let package = Package(
             name: "SwapfairDaemon",
             dependencies: [
                 "SwapfairPolicy", "SwapfairCgroup", "SwapfairConfig", "SwapfairSys", "SwapfairIO", "SwapfairExport",
-                "SwapfairSystemd", .product(name: "Logging", package: "swift-log"),
+                "SwapfairSystemd", "SwapfairUblk", "SwapfairTracking", "CSwapfairShim", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         .executableTarget(
@@ -114,6 +121,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
         .testTarget(name: "SwapfairWorkloadTests", dependencies: ["SwapfairWorkload"], swiftSettings: strict),
+        .testTarget(name: "SwapfairTrackingTests", dependencies: ["SwapfairTracking"], swiftSettings: strict),
         .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairSystemdTests", dependencies: ["SwapfairSystemd"], swiftSettings: strict),

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/swap.h>
 #include <sys/vfs.h>
 
 #ifndef PR_SET_IO_FLUSHER
@@ -31,4 +32,12 @@ int swapfair_fs_type(const char *path, int64_t *type) {
     if (statfs(path, &s) != 0) return -1;
     *type = (int64_t)s.f_type;
     return 0;
+}
+
+int swapfair_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int swapfair_swapoff(const char *path) {
+    return swapoff(path);
 }

@@ -16,3 +16,4 @@
 #include <sched.h>
 #include <linux/io_uring.h>
 #include <liburing.h>
+#include <linux/ublk_cmd.h>

@@ -111,6 +111,9 @@ public struct HostConfig: Sendable, Equatable {
     public var nbdDir: String = "/run/swapfair/nbd"
     /// Requests the swap engine keeps in flight at once.
     public var swapQueueDepth: Int = 64
+    /// A swap device for the host itself, served by swapfaird over ublk from
+    /// `<state_dir>/host-swap.img` (`swapon` it): nil for none.
+    public var hostSwapSize: UInt64?
     /// How limits are set and VMs placed.
     public var backend: BackendSetting = .auto
 

@@ -63,6 +63,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var bytesPerSecond: Double
         /// nil without a reservation.
         public var reservationMet: Bool?
+        /// Double paging seen on it (with a host swap device served by swapfaird; nil otherwise):
+        /// guest swap-outs of pages the host had just swapped in, and the bytes that made redundant.
+        public var doublePagingEvents: UInt64?
+        public var redundantReadBytes: UInt64?
+        public var redundantWriteBytes: UInt64?
     }
 
     public var daemon: Daemon

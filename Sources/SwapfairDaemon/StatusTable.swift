@@ -35,6 +35,13 @@ public enum StatusTable {
                               Format.bytes(d.readBytes), Format.bytes(d.writeBytes), "\(d.queued)", "\(d.errors)",
                               d.reservationMet.map { $0 ? "met" : "NOT MET" } ?? "-"]
                          })
+            let tracked = devices.filter { $0.1.doublePagingEvents != nil }
+            if !tracked.isEmpty {
+                out += "\ndouble paging (guest swap-outs of pages the host had just swapped in)\n"
+                out += table(["VM", "EVENTS", "REDUNDANT READ", "REDUNDANT WRITE"], tracked.map { name, d in
+                    [name, "\(d.doublePagingEvents ?? 0)", opt(d.redundantReadBytes), opt(d.redundantWriteBytes)]
+                })
+            }
         }
         return out
     }

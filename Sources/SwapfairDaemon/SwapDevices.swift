@@ -1,3 +1,4 @@
+import CSwapfairShim
 import Foundation
 import Logging
 import Synchronization
@@ -5,6 +6,8 @@ import SwapfairConfig
 import SwapfairExport
 import SwapfairIO
 import SwapfairSys
+import SwapfairTracking
+import SwapfairUblk
 import SystemPackage
 
 #if canImport(Glibc)
@@ -16,6 +19,10 @@ public final class SwapDevices: Sendable {
     public let engine: SwapEngine
     public let pool: BufferPool
     public let servers: [String: ExportServer]
+    /// The host's own swap device (`host_swap_size`), served over ublk.
+    public let hostSwap: UblkDevice?
+    /// Double paging, seen from both sides: present with the host's swap device.
+    public let tracker: DoublePagingTracker?
     let clients: [String: Int]
     let shares: [String: IOShare]
     private let lastSample = Mutex<(time: Double, stats: [Int: ClientIOStats])>((0, [:]))
@@ -25,18 +32,20 @@ public final class SwapDevices: Sendable {
         case export(String, SysError)
         case engine(SysError)
         case unknownUser(String, String)
+        case hostSwap(String)
         public var description: String {
             switch self {
             case .volume(let vm, let e): return "VM \(vm): \(e)"
             case .export(let vm, let e): return "VM \(vm): cannot serve its swap device: \(e)"
             case .engine(let e): return "cannot start the swap engine: \(e)"
             case .unknownUser(let vm, let u): return "VM \(vm): swap_device allows \"\(u)\", which is not a user or group here"
+            case .hostSwap(let why): return "cannot serve the host's swap device (host_swap_size): \(why)"
             }
         }
     }
 
     /// Opens every configured volume (creating it sparse if missing) and starts its export.
-    public init(configuration c: SwapfairConfiguration, logger: Logger) throws(Failure) {
+    public init(configuration c: SwapfairConfiguration, logger: Logger, doublePagingEvents: String? = nil) throws(Failure) {
         let devices = c.vms.enumerated().compactMap { i, vm in vm.swapDevice.map { (i, vm, $0) } }
         // Buffers for every request in flight, and for reads whose data is still being sent.
         pool = BufferPool(count: c.host.swapQueueDepth * 2, bufferSize: 1 << 20)
@@ -47,6 +56,12 @@ public final class SwapDevices: Sendable {
             try FileAccess.makeDirectory(volumes, mode: 0o700)
         } catch { throw .export("*", error) }
         var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]
+        let tracker = c.host.hostSwapSize == nil ? nil : DoublePagingTracker()
+        let eventLog = doublePagingEvents.flatMap { DoublePagingEventLog(path: $0) }
+        if let doublePagingEvents, eventLog == nil {
+            logger.warning("cannot write the double-paging event log", metadata: ["path": "\(doublePagingEvents)"])
+        }
+        let observer = tracker.map { Self.guestWrites(into: $0, log: eventLog) }
         for (index, vm, d) in devices {
             let volume: Volume
             do { volume = try Volume(path: "\(volumes)/\(vm.name).img", size: d.size) } catch { throw .volume(vm.name, error) }
@@ -63,7 +78,8 @@ public final class SwapDevices: Sendable {
             engine.setShare(client: index, share)
             do {
                 let server = try ExportServer(name: vm.name, socketPath: "\(c.host.nbdDir)/\(vm.name).sock", volume: volume,
-                                              client: index, engine: engine, pool: pool, access: access, logger: logger)
+                                              client: index, engine: engine, pool: pool, access: access, logger: logger,
+                                              writeObserver: observer)
                 servers[vm.name] = server
             } catch { throw .export(vm.name, error) }
             clients[vm.name] = index
@@ -76,8 +92,44 @@ public final class SwapDevices: Sendable {
         self.servers = servers
         self.clients = clients
         self.shares = shares
+        self.tracker = tracker
+        hostSwap = try Self.hostSwapDevice(c, tracker: tracker, logger: logger)
         engine.start()
         for s in servers.values { s.start() }
+    }
+
+    /// What the exports tell the tracker: every guest write, page by page, and each event to the log.
+    static func guestWrites(into tracker: DoublePagingTracker, log: DoublePagingEventLog?)
+        -> @Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void
+    {
+        return { vm, offset, bytes in
+            let now = monotonicSeconds()
+            tracker.guestSwappedOut(vm: vm, bytes, now: now) { page in
+                log?.record(time: now, vm: vm, block: offset / UInt64(PageDigest.pageSize) + UInt64(page))
+            }
+        }
+    }
+
+    /// The host's swap device: `<state_dir>/host-swap.img` as `/dev/ublkbN`. Its queue serves
+    /// requests from preallocated buffers on a thread of its own, so swap-out needs no memory.
+    static func hostSwapDevice(_ c: SwapfairConfiguration, tracker: DoublePagingTracker?, logger: Logger) throws(Failure)
+        -> UblkDevice?
+    {
+        guard let size = c.host.hostSwapSize, let tracker else { return nil }
+        if let why = UblkDevice.unavailableReason() { throw .hostSwap(why) }
+        let volume: Volume
+        do { volume = try Volume(path: c.host.stateDir + "/host-swap.img", size: size) } catch {
+            throw .hostSwap("\(error)")
+        }
+        do {
+            let device = try UblkDevice(target: TrackedTarget(inner: VolumeTarget(volume: volume), tracker: tracker),
+                                        queueDepth: min(c.host.swapQueueDepth, 128))
+            logger.notice("host swap device ready: swapon it to swap through swapfaird", metadata: [
+                "device": "\(device.blockDevicePath)", "volume": "\(volume.path)", "size": "\(size)",
+                "direct_io": "\(volume.direct)",
+            ])
+            return device
+        } catch { throw .hostSwap("\(error)") }
     }
 
     static func share(_ d: SwapDeviceConfig) -> IOShare {
@@ -99,14 +151,27 @@ public final class SwapDevices: Sendable {
             + (s.limit.map { ", limit \(Int($0))\(u)" } ?? "")
     }
 
-    public func stop() {
+    public func stop(logger: Logger? = nil) {
         for s in servers.values { s.stop() }
         engine.stop()
+        if let hostSwap {
+            // Pages still in it would be lost with it: take it out of use first.
+            if swapfair_swapoff(hostSwap.blockDevicePath) == 0 {
+                logger?.notice("host swap device taken out of use (swapoff)", metadata: ["device": "\(hostSwap.blockDevicePath)"])
+            } else if errno != EINVAL {
+                logger?.error("swapoff of the host swap device failed; its pages are lost when it stops",
+                              metadata: ["device": "\(hostSwap.blockDevicePath)", "error": "\(Errno(rawValue: errno).message)"])
+            }
+            do { try hostSwap.stop() } catch {
+                logger?.error("cannot stop the host swap device", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     /// Per-VM figures since the previous call (rates) and in total.
     public func report(now: Double) -> [String: StatusReport.SwapDevice] {
         let stats = engine.statistics()
+        let paging = tracker?.counters() ?? [:]
         let (t0, previous) = lastSample.withLock { s in
             defer { s = (now, stats) }
             return (s.time, s.stats)
@@ -128,7 +193,10 @@ public final class SwapDevices: Sendable {
                 socket: servers[name]?.socketPath ?? "", size: servers[name]?.volume.size ?? 0,
                 allocated: servers[name]?.volume.allocatedBytes ?? 0, connections: servers[name]?.connectionCount ?? 0,
                 reads: s.reads, writes: s.writes, readBytes: s.readBytes, writeBytes: s.writeBytes, errors: s.errors,
-                queued: s.queued, inFlight: s.inFlight, iops: iops, bytesPerSecond: bytes, reservationMet: met)
+                queued: s.queued, inFlight: s.inFlight, iops: iops, bytesPerSecond: bytes, reservationMet: met,
+                doublePagingEvents: tracker.map { _ in paging[name]?.events ?? 0 },
+                redundantReadBytes: tracker.map { _ in paging[name]?.redundantReadBytes ?? 0 },
+                redundantWriteBytes: tracker.map { _ in paging[name]?.redundantWriteBytes ?? 0 })
         }
         return out
     }

@@ -37,9 +37,14 @@ public final class ExportServer: Sendable {
     let export: NBDExportInfo
     private let connections = Mutex<[Int32: Connection]>([:])
     private let stopped = Mutex(false)
+    /// Told of every write the guest sends (export name, byte offset, payload) before it is queued:
+    /// the guest's swap-outs, for the double-paging tracker.
+    let writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)?
 
     public init(name: String, socketPath: String, volume: Volume, client: Int, engine: SwapEngine, pool: BufferPool,
-                access: ExportAccess, logger: Logger) throws(SysError) {
+                access: ExportAccess, logger: Logger,
+                writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)? = nil) throws(SysError) {
+        self.writeObserver = writeObserver
         self.name = name
         self.socketPath = socketPath
         self.volume = volume
@@ -232,6 +237,9 @@ final class Connection: @unchecked Sendable {
         default:
             enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .invalid), data: nil, dataLength: 0))
             return
+        }
+        if r.command == .write, let observe = server.writeObserver {
+            payload.withUnsafeBytes { observe(server.name, r.offset, $0) }
         }
         // At most `window` requests of one connection wait in the engine: a client cannot make
         // the daemon hold unbounded memory, and the scheduler still sees a deep queue per VM.

@@ -11,17 +11,40 @@ public final class IORing {
     /// liburing keeps pointers into this struct, so it lives at a fixed heap address.
     let ring: UnsafeMutablePointer<io_uring>
     public let entries: UInt32
+    /// Bytes per submission entry: 64, or 128 with `IORING_SETUP_SQE128` (which ublk's control
+    /// commands need for their 32-byte payload).
+    public let entrySize: Int
 
-    /// Sets up a ring. The corresponding C function is `io_uring_queue_init`.
-    public init(entries: UInt32) throws(SysError) {
+    /// Sets up a ring; `bigEntries` sets `IORING_SETUP_SQE128`. The corresponding C function is
+    /// `io_uring_queue_init`.
+    public init(entries: UInt32, bigEntries: Bool = false) throws(SysError) {
         ring = .allocate(capacity: 1)
         ring.initialize(to: io_uring())
-        let rc = io_uring_queue_init(entries, ring, 0)
+        let rc = io_uring_queue_init(entries, ring, bigEntries ? UInt32(IORING_SETUP_SQE128) : 0)
         guard rc == 0 else {
             ring.deallocate()
             throw SysError("io_uring_queue_init", "\(entries) entries", Errno(rawValue: -rc))
         }
         self.entries = entries
+        entrySize = bigEntries ? 128 : 64
+    }
+
+    /// Queues a command to a driver (`IORING_OP_URING_CMD`): `op` is the driver's command number,
+    /// `payload` goes into the entry's command area (byte 48 on: 16 bytes, or 80 in a 128-byte
+    /// entry). False when the submission queue is full. liburing 2.3 has no helper for it and Swift
+    /// does not import the entry's flexible `cmd` array, so the entry is written by offset.
+    @discardableResult
+    public func prepareCommand(fd: Int32, op: UInt32, payload: UnsafeRawBufferPointer, userData: UInt64) -> Bool {
+        precondition(payload.count <= entrySize - 48, "a uring command's payload must fit its entry")
+        guard let e = sqe() else { return false }
+        let raw = UnsafeMutableRawPointer(e)
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: entrySize)
+        raw.storeBytes(of: UInt8(IORING_OP_URING_CMD.rawValue), toByteOffset: 0, as: UInt8.self)
+        raw.storeBytes(of: fd, toByteOffset: 4, as: Int32.self)
+        raw.storeBytes(of: op, toByteOffset: 8, as: UInt32.self)  // cmd_op, in the union with off
+        if let base = payload.baseAddress { (raw + 48).copyMemory(from: base, byteCount: payload.count) }
+        io_uring_sqe_set_data64(e, userData)
+        return true
     }
 
     deinit {

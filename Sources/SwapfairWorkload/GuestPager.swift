@@ -42,8 +42,13 @@ public final class GuestPager {
     public let frameCount: Int
     public let pageCount: Int
     public private(set) var counters = GuestPagerCounters()
-    /// Called once per written swap-out: the block and whether its frame was host-swapped.
-    public var onSwapOut: ((Int, Bool) -> Void)?
+    /// Called once per written swap-out: the block, whether its frame was host-swapped (not
+    /// resident), and whether its page-table entry was a swap entry (`hostSwapEntry`; nil when
+    /// that is not known). The two differ for a frame the host read back by swap readahead: it is
+    /// resident, in the swap cache, but the host did read it from its swap.
+    public var onSwapOut: ((Int, Bool, Bool?) -> Void)?
+    /// Whether the frame's page-table entry is a swap entry (e.g. `/proc/self/pagemap` bit 62).
+    public var hostSwapEntry: ((UnsafeRawPointer) -> Bool?)?
 
     let ram: UnsafeMutableRawPointer
     let disk: any GuestSwapDisk
@@ -153,11 +158,12 @@ public final class GuestPager {
         if victim >= 0 {
             if dirty[f] || !onDisk[victim] {
                 let swapped = !hostResident(frame(f))
+                let entry = hostSwapEntry?(frame(f))
                 if swapped { counters.doublePaged += 1 }
                 try disk.write(block: victim, from: UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize))
                 counters.swapOuts += 1
                 onDisk[victim] = true
-                onSwapOut?(victim, swapped)
+                onSwapOut?(victim, swapped, entry)
             } else {
                 counters.drops += 1
             }

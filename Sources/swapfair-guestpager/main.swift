@@ -32,7 +32,8 @@ struct GuestPagerCommand: ParsableCommand {
     @Option(help: "Seconds per report line.") var interval: Double = 1
     @Option(help: "Accesses per second (0: as fast as it can).") var rate: Double = 0
     @Option(help: "Write the JSON lines here instead of standard output.") var output: String?
-    @Option(help: "Write one line per guest swap-out here: time, block, whether the frame was host-swapped.") var events: String?
+    @Option(help: "Write one line per guest swap-out here: time (also as CLOCK_MONOTONIC), block, whether the frame was host-swapped.")
+    var events: String?
     @Option(help: "Name put in every line.") var label: String = "guest"
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Flag(help: "At the end, read every page back and check it holds what was last written; exit status 3 on any mismatch.")
@@ -69,8 +70,22 @@ struct GuestPagerCommand: ParsableCommand {
         }
         let start = now()
         if let eventLog {
-            pager.onSwapOut = { block, swapped in
-                eventLog.emit(["t": now() - start, "block": block, "host_swapped": swapped])
+            // /proc/self/pagemap: bit 62 of a page's entry says it is swapped (its page-table entry
+            // is a swap entry, even if swap readahead has brought it back into the swap cache).
+            let pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+            if pagemap >= 0 {
+                pager.hostSwapEntry = { p in
+                    var entry: UInt64 = 0
+                    let at = off_t(UInt(bitPattern: p) / 4096 * 8)
+                    guard pread(pagemap, &entry, 8, at) == 8 else { return nil }
+                    return entry & (1 << 62) != 0
+                }
+            }
+            pager.onSwapOut = { block, swapped, entry in
+                let t = now()
+                var e: [String: Any] = ["t": t - start, "clock": t, "block": block, "host_swapped": swapped]
+                if let entry { e["swap_entry"] = entry }
+                eventLog.emit(e)
             }
         }
         out.emit(["label": label, "event": "start", "pid": Int(getpid()), "ram": ramBytes, "pages": pageBytes,

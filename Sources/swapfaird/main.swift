@@ -35,6 +35,9 @@ struct Swapfaird: ParsableCommand {
     @Flag(name: .long, help: "Accept a cgroup root that is not a mounted cgroup2 file system (tests, fake trees).")
     var allowFakeRoot = false
 
+    @Option(name: .long, help: "Append each detected double-paging event (time, VM, block) to this file (benchmarks).")
+    var doublePagingEvents: String?
+
     @Flag(name: .long, help: "Serve the VMs' swap devices only; no memory control (hosts without cgroup v2).")
     var swapOnly = false
 
@@ -53,9 +56,9 @@ struct Swapfaird: ParsableCommand {
         if let socket { configuration.host.socket = socket }
 
         var devices: SwapDevices?
-        if configuration.vms.contains(where: { $0.swapDevice != nil }) {
+        if configuration.vms.contains(where: { $0.swapDevice != nil }) || configuration.host.hostSwapSize != nil {
             if !allowFakeRoot { SwapServerProtection.apply(logger: logger) }
-            do { devices = try SwapDevices(configuration: configuration, logger: logger) } catch {
+            do { devices = try SwapDevices(configuration: configuration, logger: logger, doublePagingEvents: doublePagingEvents) } catch {
                 fail("\(error)")
             }
         }
@@ -145,14 +148,14 @@ struct Swapfaird: ParsableCommand {
         notifier.stopping()
         server?.stop()
         monitor?.stop()
-        devices?.stop()
+        devices?.stop(logger: logger)
         withExtendedLifetime(signals) {}
         logger.notice("stopped", metadata: ["ticks": "\(loop.ticks)"])
     }
 
     /// Serves swap devices and the control socket, nothing else, until SIGTERM or SIGINT.
     func runSwapOnly(_ c: SwapfairConfiguration, devices: SwapDevices?, logger: Logger) {
-        guard let devices else { fail("--swap-only, but no VM has a swap_device") }
+        guard let devices else { fail("--swap-only, but no VM has a swap_device and there is no host_swap_size") }
         logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(devices.servers.count)"])
         let board = StatusBoard()
         let server = try? ControlServer(path: c.host.socket, board: board, allowedGroup: nil, logger: logger)
@@ -165,7 +168,7 @@ struct Swapfaird: ParsableCommand {
         while !daemon.stopRequested {
             ticks += 1
             board.publish(StatusReport.swapOnly(c, devices: devices, now: monotonicSeconds(), started: started, ticks: ticks))
-            let summary = "serving \(devices.servers.count) swap devices"
+            let summary = "serving \(devices.servers.count) swap devices" + (devices.hostSwap.map { " and host swap on \($0.blockDevicePath)" } ?? "")
             if ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
             notifier.watchdog()
             if let limit = self.ticks, ticks >= limit { break }
@@ -173,7 +176,7 @@ struct Swapfaird: ParsableCommand {
         }
         notifier.stopping()
         server?.stop()
-        devices.stop()
+        devices.stop(logger: logger)
         withExtendedLifetime(signals) {}
         logger.notice("stopped")
     }

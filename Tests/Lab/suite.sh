@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-kernel tests: builds swapfair (release), then
 #   1. one guest: the capability check, the kernel NBD client swapping to a swapfair export
-#      (swapdev.sh), the controller's end-to-end scenarios (scenarios.py [SCENARIO...]) and the
+#      (swapdev.sh), the host's swap served over ublk (ublk.sh), the controller's end-to-end scenarios (scenarios.py [SCENARIO...]) and the
 #      double-paging measurement (double_paging.py; named "double_paging" among the scenarios);
 #   2. a second guest whose swap disk is an export of a swapfaird on this host, killed and
 #      restarted midway (guest-swap.sh; skipped when scenarios are named);
@@ -28,6 +28,8 @@ LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB
     Tests/Lab/run-guest.sh . "bash Tests/Lab/check.sh 2>&1 | sed 's/^/check: /'
         echo; echo '=== the kernel nbd client swaps to a swapfair export ==='
         bash Tests/Lab/swapdev.sh 2>&1 | grep -vE '^(Setting up|no label)'
+        echo; echo '=== the host swaps to swapfaird over ublk ==='
+        bash Tests/Lab/ublk.sh 2>&1 | grep -vE '^(Setting up|no label)'
         if [ $run_scenarios = 1 ]; then python3 Tests/Lab/scenarios.py $scenarios; fi
         if [ $dp = 1 ]; then python3 Tests/Lab/double_paging.py; fi" 2>&1 | tee "$LAB_OUT/guest1.log"
 if [ $# = 0 ]; then
@@ -42,6 +44,7 @@ passed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )PASS:")
 failed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )FAIL:")
 # A guest that died before printing its checks is a failure too.
 [ $run_scenarios = 1 ] && { grep -qE "^scenarios: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
+grep -qE "^ublk: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1))
 [ $dp = 1 ] && { grep -qE "^double_paging: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
 [ -n "${failed_early:-}" ] && failed=$((failed + 1))
 echo "lab: figures, logs and time series are in $LAB_OUT"

@@ -90,6 +90,8 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         (#"[host]\#nmemory_budget = 4G"#, #"bare word "4G""#),
         (#"[[vm]]\#nname = "a"\#nlimit = -5"#, "must not be negative"),
         (#"[[vm]]\#nname = "a"\#nswap_limit = "16G""#, "is more than the swap budget"),
+        (#"[host]\#nhost_swap_size = "10%""#, #"test.toml:2: host.host_swap_size: must be a size such as "2G", not a percentage"#),
+        (#"[host]\#nhost_swap_size = 1000"#, "must be at least 1M and a multiple of 4K"),
     ])
     func badConfigurationsAreRefusedWithTheirLineAndKey(text: String, expected: String) {
         do {

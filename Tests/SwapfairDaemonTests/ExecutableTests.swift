@@ -18,6 +18,21 @@ import SwapfairTestSupport
         #expect(!r.output.contains("Fatal error"))
     }
 
+    /// A host swap device needs ublk; on a kernel without it the daemon says so and what to do.
+    @Test func aHostSwapDeviceWithoutUblkIsRefusedClearly() throws {
+        if FileManager.default.fileExists(atPath: "/dev/ublk-control") { return }  // the lab tests this case
+        let dir = "/tmp/swapfair-ublk-\(UUID().uuidString.prefix(8))"
+        let file = dir + ".toml"
+        try "[host]\nstate_dir = \"\(dir)\"\nnbd_dir = \"\(dir)/nbd\"\nhost_swap_size = \"64M\"\n"
+            .write(toFile: file, atomically: false, encoding: .utf8)
+        defer { unlink(file); try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(daemon, ["--config", file, "--swap-only", "--ticks", "1", "--socket", dir + "/ctl.sock"])
+        #expect(r.status == 1)
+        #expect(r.output.contains("host_swap_size") && r.output.contains("the kernel has no ublk")
+                && r.output.contains("modprobe ublk_drv"), "\(r.output)")
+        #expect(!r.output.contains("Fatal error"))
+    }
+
     @Test func theDaemonRefusesABadConfigAndNamesTheProblem() throws {
         let file = "/tmp/swapfair-bad-\(UUID().uuidString.prefix(8)).toml"
         try "[[vm]]\nname = \"a\"\nweigth = 3\n".write(toFile: file, atomically: false, encoding: .utf8)

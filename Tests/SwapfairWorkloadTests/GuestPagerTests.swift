@@ -65,7 +65,7 @@ final class MemoryDisk: GuestSwapDisk {
                 !hostSwapped.contains((p - UnsafeRawPointer(ram)) / GuestPager.pageSize)
             }
             var flagged: [(Int, Bool)] = []
-            pager.onSwapOut = { flagged.append(($0, $1)) }
+            pager.onSwapOut = { flagged.append(($0, $1)); _ = $2 }
             for p in 0..<4 { try pager.access(page: p, write: true) }
             hostSwapped = [1, 3]  // the host swaps two frames out
             // Four new pages: the clock takes frames 0..3 in turn, each holding a dirty page.

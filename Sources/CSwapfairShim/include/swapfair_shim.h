@@ -23,4 +23,11 @@ int swapfair_o_noatime(void);
 /// does not export. Returns 0, or -1 with errno set.
 int swapfair_fs_type(const char *path, int64_t *type);
 
+/// fallocate(2) with FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: the range reads as zeros and
+/// frees its blocks (fallocate needs _GNU_SOURCE). Returns 0, or -1 with errno set.
+int swapfair_punch_hole(int fd, int64_t offset, int64_t length);
+
+/// swapoff(2) (<sys/swap.h> is not in Swift's Glibc module). Returns 0, or -1 with errno set.
+int swapfair_swapoff(const char *path);
+
 #endif

@@ -1,0 +1,136 @@
+import CSwapfairShim
+import SwapfairIO
+import SwapfairSys
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A block device served by this process through ublk: `/dev/ublkbN`, whose requests the kernel
+/// hands to a queue thread here. Control plane (add, parameters, start, stop, delete) apart from
+/// the I/O plane (the queue) apart from the target (what a block is).
+public final class UblkDevice: @unchecked Sendable {
+    public let id: UInt32
+    public let target: any UblkTarget
+    let control: UblkControl
+    let queue: UblkQueue
+    let cdev: Int32
+    private var stopped = false
+
+    /// Why ublk cannot be used here, or nil.
+    public static func unavailableReason() -> String? { UblkControl.unavailableReason() }
+
+    public var blockDevicePath: String { "/dev/ublkb\(id)" }
+    public var served: UInt64 { queue.served }
+
+    /// Adds and starts a device over `target`; returns once `/dev/ublkbN` accepts I/O.
+    public init(target: any UblkTarget, queueDepth: Int = 64, maxIOBytes: Int = 512 << 10) throws(UblkError) {
+        let control = try UblkControl()
+        let id = try control.addDevice(queueDepth: queueDepth, maxIOBytes: maxIOBytes)
+        func undo() { try? control.delete(device: id) }
+        do {
+            try control.setParameters(device: id, size: target.size, maxIOBytes: maxIOBytes)
+        } catch {
+            undo()
+            throw error
+        }
+        // The character device appears when the device is added (devtmpfs; udev may take a moment).
+        let path = "/dev/ublkc\(id)"
+        var fd: Int32 = -1
+        for _ in 0..<200 {
+            fd = open(path, O_RDWR | O_CLOEXEC)
+            if fd >= 0 || errno != ENOENT { break }
+            usleep(10_000)
+        }
+        guard fd >= 0 else {
+            let e = Errno(rawValue: errno)
+            undo()
+            throw .system(SysError("open", path, e))
+        }
+        let queue: UblkQueue
+        do {
+            queue = try UblkQueue(cdev: fd, depth: queueDepth, bufferSize: maxIOBytes, target: target, legacy: control.legacy)
+        } catch {
+            close(fd)
+            undo()
+            throw error
+        }
+        queue.start()
+        queue.fetched.wait()
+        if let e = queue.startError {
+            queue.finished.wait()
+            queue.unmap()
+            close(fd)
+            undo()
+            throw e
+        }
+        do { try control.start(device: id) } catch {
+            queue.requestStop()
+            queue.finished.wait()
+            try? control.stop(device: id)
+            queue.unmap()
+            close(fd)
+            undo()
+            throw error
+        }
+        self.id = id
+        self.target = target
+        self.control = control
+        self.queue = queue
+        self.cdev = fd
+    }
+
+    /// Ends the queue's thread (closing its ring cancels the requests it was waiting for), then
+    /// stops and deletes the device. Take the device out of use (swapoff) first: requests still
+    /// arriving fail.
+    public func stop() throws(UblkError) {
+        guard !stopped else { return }
+        stopped = true
+        queue.requestStop()
+        queue.finished.wait()
+        try control.stop(device: id)
+        queue.unmap()
+        close(cdev)
+        try control.delete(device: id)
+    }
+}
+
+/// A swap volume as a ublk target: requests become `pread`/`pwrite` on the volume's file (O_DIRECT
+/// where the file system allows it; the queue's buffers are page-aligned), flushes `fdatasync`,
+/// discards and write-zeroes punch holes (the volume is sparse; holes read as zeros).
+public struct VolumeTarget: UblkTarget {
+    public let volume: Volume
+    public var size: UInt64 { volume.size }
+
+    public init(volume: Volume) { self.volume = volume }
+
+    public func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
+        switch op {
+        case .read, .write:
+            var done = 0
+            while done < length {
+                let n = op == .read
+                    ? pread(volume.fd, buffer + done, length - done, off_t(offset) + off_t(done))
+                    : pwrite(volume.fd, buffer + done, length - done, off_t(offset) + off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return -errno
+                }
+                if n == 0 {
+                    // Past the end of the file: a read returns zeros, as a device would; a short
+                    // write is an error.
+                    if op == .write { return -EIO }
+                    (buffer + done).initializeMemory(as: UInt8.self, repeating: 0, count: length - done)
+                    break
+                }
+                done += n
+            }
+            return Int32(length)
+        case .flush:
+            return fdatasync(volume.fd) == 0 ? 0 : -errno
+        case .discard, .writeZeroes:
+            return swapfair_punch_hole(volume.fd, Int64(offset), Int64(length)) == 0 ? 0 : -errno
+        }
+    }
+}

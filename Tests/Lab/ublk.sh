@@ -1,0 +1,105 @@
+#!/bin/bash
+# Inside the lab guest: the host's swap served by swapfaird over ublk. swapfaird serves
+# host_swap_size as /dev/ublkbN (--swap-only); fio writes and verifies it; it becomes the only swap
+# and a stand-in under memory.high is pushed into it and checks every page; then the whole guest is
+# pushed to the edge of OOM with no cgroup limit, so that the kernel swaps through the daemon while
+# memory is short (a server that needed memory to make progress would deadlock here). Prints
+# PASS/FAIL lines; the last line is "ublk: N passed, M failed".
+set -u
+cd "$(dirname "$0")/../.."
+BIN=${SWAPFAIR_BIN:-$PWD/.build/release}
+OUT=${LAB_OUT:-/tmp}/ublk
+mkdir -p "$OUT"
+pass=0; fail=0
+ok() { echo "PASS: $*"; pass=$((pass+1)); }
+ko() { echo "FAIL: $*"; fail=$((fail+1)); }
+finish() { echo "ublk: $pass passed, $fail failed"; [ $fail = 0 ]; exit; }
+# The volume must live on a disk: the guest's /tmp is RAM, and swapping into RAM under memory
+# pressure only moves the shortage. The lab's swap disk is borrowed as a file system for the run
+# and made swap again at the end.
+disk=$(swapon --show=NAME --noheadings | grep '^/dev/vd' | head -1)
+[ -n "$disk" ] || { ko "no swap disk to borrow (LAB_SWAP=disk:SIZE)"; finish; }
+swapoff -a
+restore() { umount /mnt/ublk-state 2>/dev/null; mkswap "$disk" > /dev/null && swapon "$disk"; }
+trap restore EXIT
+modprobe ext4 2>/dev/null
+mkfs.ext4 -q -F "$disk" && mkdir -p /mnt/ublk-state && mount "$disk" /mnt/ublk-state || { ko "cannot make a file system on $disk"; finish; }
+modprobe ublk_drv 2>/dev/null
+cat > "$OUT/swapfair.toml" <<TOML
+[host]
+state_dir = "/mnt/ublk-state"
+nbd_dir = "/run/swapfair/nbd"
+host_swap_size = "768M"
+TOML
+"$BIN/swapfaird" --config "$OUT/swapfair.toml" --socket /run/swapfair/ublk.sock --swap-only > "$OUT/daemon.log" 2>&1 &
+daemon=$!
+dev=""
+for _ in $(seq 100); do
+    dev=$(grep -o 'device=/dev/ublkb[0-9]*' "$OUT/daemon.log" | head -1 | cut -d= -f2)
+    [ -n "$dev" ] && break
+    kill -0 $daemon 2>/dev/null || break
+    sleep 0.1
+done
+if [ -n "$dev" ] && [ -b "$dev" ]; then
+    ok "swapfaird serves the host swap device $dev ($(blockdev --getsize64 "$dev") bytes, $(blockdev --getss "$dev")-byte sectors)"
+else
+    ko "no ublk device: $(tail -3 "$OUT/daemon.log")"; finish
+fi
+
+# Data integrity: random 4 KiB writes at depth 32, then 64 KiB sequential, each verified on read-back.
+for job in "randwrite 4k 32" "write 64k 8"; do
+    set -- $job
+    if fio --name=verify --filename="$dev" --rw=$1 --bs=$2 --iodepth=$3 --ioengine=io_uring --direct=1 --size=128M \
+           --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --output-format=terse > "$OUT/fio-$1.txt" 2>&1; then
+        ok "fio $1 $2 at depth $3 over 128 MiB: every block read back as written"
+    else
+        ko "fio $1 $2 verify: $(tail -3 "$OUT/fio-$1.txt")"
+    fi
+done
+
+if ! { mkswap "$dev" > /dev/null && swapon "$dev"; }; then ko "swapon $dev"; finish; fi
+ok "swapon $dev: $(grep "^$dev" /proc/swaps | tr -s ' \t' ' ')"
+
+# A stand-in pushed into it by its cgroup's memory.high.
+G=/sys/fs/cgroup/ublk-standin
+mkdir -p $G
+echo 64M > $G/memory.high
+timeout 600 sh -c "echo \$\$ > $G/cgroup.procs; exec $BIN/swapfair-loadgen --memory 256M --working-set 256M --phases busy:8 --verify --output $OUT/standin.jsonl"
+rc=$?
+peak=$(grep -o '"swap":[0-9]*' "$OUT/standin.jsonl" | cut -d: -f2 | sort -n | tail -1)
+[ "$rc" = 0 ] && ok "every page the stand-in wrote came back intact through swap on $dev ($((${peak:-0} >> 20)) MiB in swap at its peak)" \
+    || ko "stand-in verification failed (rc=$rc)"
+rmdir $G
+
+# The whole guest near OOM: no cgroup limit, all of its available memory and 400 MiB more.
+ram=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
+ask=$((ram + 400))
+t0=$(date +%s)
+timeout 600 "$BIN/swapfair-loadgen" --memory ${ask}M --working-set ${ask}M --phases busy:5 --verify \
+    --output /tmp/ublk-oom.jsonl > /dev/null 2> "$OUT/oom.err"
+rc=$?
+t1=$(date +%s)
+cp /tmp/ublk-oom.jsonl "$OUT/oom.jsonl" 2>/dev/null
+peak=$(grep -o '"swap":[0-9]*' /tmp/ublk-oom.jsonl 2>/dev/null | cut -d: -f2 | sort -n | tail -1)
+used=$(awk -v d="$dev" '$1 == d {print int($4 / 1024)}' /proc/swaps)
+echo "near OOM: ${ask} MiB asked with ${ram} MiB available; exit status $rc after $((t1 - t0)) s; stand-in swap peak $((${peak:-0} >> 20)) MiB"
+if [ "$rc" = 124 ]; then
+    ko "near OOM: the stand-in did not finish within 600 s (a swap server that needs memory deadlocks here)"
+elif [ "$rc" = 0 ] && [ "${peak:-0}" -lt $((100 << 20)) ]; then
+    ko "near OOM: the stand-in was not pushed into swap (peak $((${peak:-0} >> 20)) MiB); the run shows nothing"
+elif [ "$rc" = 0 ]; then
+    ok "near OOM: the guest swapped $((${peak:-0} >> 20)) MiB through $dev and every page came back intact ($((t1 - t0)) s)"
+else
+    # The OOM killer may take the stand-in; what must not happen is a hang.
+    ok "near OOM: no deadlock; the stand-in ended with status $rc after $((t1 - t0)) s ($(dmesg | grep -c 'Out of memory') OOM kills)"
+fi
+kill -0 $daemon 2>/dev/null && ok "swapfaird is alive after the near-OOM run" || ko "swapfaird died: $(tail -3 "$OUT/daemon.log")"
+
+# SIGTERM: the daemon takes its device out of use before it stops it.
+kill $daemon; wait $daemon 2>/dev/null
+if grep -q "swapoff" "$OUT/daemon.log" && ! grep -q "^$dev" /proc/swaps && [ ! -b "$dev" ]; then
+    ok "on SIGTERM swapfaird swapped $dev off and removed it"
+else
+    ko "after SIGTERM: $(grep "^$dev" /proc/swaps) $(ls -l "$dev" 2>&1) $(tail -2 "$OUT/daemon.log")"
+fi
+finish
