@@ -23,6 +23,7 @@ public final class SwapDevices: Sendable {
     public let hostSwap: UblkDevice?
     /// Double paging, seen from both sides: present with the host's swap device.
     public let tracker: DoublePagingTracker?
+    let hostSwapIDFile: String
     let clients: [String: Int]
     let shares: [String: IOShare]
     private let lastSample = Mutex<(time: Double, stats: [Int: ClientIOStats])>((0, [:]))
@@ -93,6 +94,7 @@ public final class SwapDevices: Sendable {
         self.clients = clients
         self.shares = shares
         self.tracker = tracker
+        hostSwapIDFile = Self.hostSwapIDFile(c)
         hostSwap = try Self.hostSwapDevice(c, tracker: tracker, logger: logger)
         engine.start()
         for s in servers.values { s.start() }
@@ -121,16 +123,26 @@ public final class SwapDevices: Sendable {
         do { volume = try Volume(path: c.host.stateDir + "/host-swap.img", size: size) } catch {
             throw .hostSwap("\(error)")
         }
+        // The device's id, kept so that a daemon restarted after a crash takes the device over
+        // (the kernel holds its I/O meanwhile) instead of leaving the swap on it to fail.
+        let idFile = hostSwapIDFile(c)
+        let previous = (try? String(contentsOfFile: idFile, encoding: .utf8)).flatMap {
+            UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
         do {
             let device = try UblkDevice(target: TrackedTarget(inner: VolumeTarget(volume: volume), tracker: tracker),
-                                        queueDepth: min(c.host.swapQueueDepth, 128))
-            logger.notice("host swap device ready: swapon it to swap through swapfaird", metadata: [
+                                        queueDepth: min(c.host.swapQueueDepth, 128), recover: previous)
+            try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
+            logger.notice(device.recovered ? "host swap device taken over from the previous daemon; its held I/O resumes"
+                                           : "host swap device ready: swapon it to swap through swapfaird", metadata: [
                 "device": "\(device.blockDevicePath)", "volume": "\(volume.path)", "size": "\(size)",
                 "direct_io": "\(volume.direct)",
             ])
             return device
         } catch { throw .hostSwap("\(error)") }
     }
+
+    static func hostSwapIDFile(_ c: SwapfairConfiguration) -> String { c.host.stateDir + "/host-swap.ublk-id" }
 
     static func share(_ d: SwapDeviceConfig) -> IOShare {
         func value(_ r: IORate?) -> Double? {
@@ -162,7 +174,10 @@ public final class SwapDevices: Sendable {
                 logger?.error("swapoff of the host swap device failed; its pages are lost when it stops",
                               metadata: ["device": "\(hostSwap.blockDevicePath)", "error": "\(Errno(rawValue: errno).message)"])
             }
-            do { try hostSwap.stop() } catch {
+            do {
+                try hostSwap.stop()
+                unlink(hostSwapIDFile)
+            } catch {
                 logger?.error("cannot stop the host swap device", metadata: ["error": "\(error)"])
             }
         }

@@ -11,6 +11,9 @@ enum UblkCommand {
     static let startDevice: UInt32 = 0x06
     static let stopDevice: UInt32 = 0x07
     static let setParameters: UInt32 = 0x08
+    static let getDeviceInfo: UInt32 = 0x02
+    static let startRecovery: UInt32 = 0x10
+    static let endRecovery: UInt32 = 0x11
     // I/O commands, on /dev/ublkcN (payload: struct ublksrv_io_cmd).
     static let fetchRequest: UInt32 = 0x20
     static let commitAndFetchRequest: UInt32 = 0x21
@@ -23,6 +26,9 @@ enum UblkCommand {
     static var controlPayloadSize: Int { MemoryLayout<ublksrv_ctrl_cmd>.size }
     static var ioPayloadSize: Int { MemoryLayout<ublksrv_io_cmd>.size }
 }
+
+/// A device's state in its info (`UBLK_S_DEV_*`).
+enum UblkState: UInt16 { case dead = 0, live = 1, quiesced = 2 }
 
 /// The operation of one ublk request (`op_flags & 0xff` of its descriptor).
 enum UblkOperation: UInt8 {

@@ -62,7 +62,8 @@ final class UblkControl {
             return result
         }
         var res = try issue(legacy ? nr : UblkCommand.encoded(nr, payloadSize: UblkCommand.controlPayloadSize))
-        if !legacy && (res == -EOPNOTSUPP || res == -EINVAL) && nr == UblkCommand.addDevice {
+        let first = nr == UblkCommand.addDevice || nr == UblkCommand.getDeviceInfo
+        if !legacy && (res == -EOPNOTSUPP || res == -EINVAL) && first {
             // A kernel older than 6.4 knows only the plain numbers.
             let retry = try issue(nr)
             if retry >= 0 {
@@ -74,7 +75,10 @@ final class UblkControl {
         return res
     }
 
-    /// Adds a device with one queue; returns its id (N in /dev/ublkcN and /dev/ublkbN).
+    /// Adds a device with one queue; returns its id (N in /dev/ublkcN and /dev/ublkbN). With user
+    /// recovery, a device whose server dies is quiesced, its requests held, until a new server
+    /// takes it over (`startRecovery` … `endRecovery`); requests that were in flight are issued
+    /// again (a swap device's writes and reads can be).
     func addDevice(queueDepth: Int, maxIOBytes: Int) throws(UblkError) -> UInt32 {
         var info = ublksrv_ctrl_dev_info()
         info.nr_hw_queues = 1
@@ -82,6 +86,7 @@ final class UblkControl {
         info.max_io_buf_bytes = UInt32(maxIOBytes)
         info.dev_id = UInt32.max  // the kernel picks
         info.ublksrv_pid = getpid()
+        info.flags = UInt64(UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE)
         try withUnsafeMutableBytes(of: &info) { (b) throws(UblkError) in
             try run(UblkCommand.addDevice, "add", device: UInt32.max, buffer: b)
         }
@@ -107,6 +112,29 @@ final class UblkControl {
         try withUnsafeMutableBytes(of: &p) { (b) throws(UblkError) in
             try run(UblkCommand.setParameters, "set parameters", device: device, buffer: b)
         }
+    }
+
+    /// A device's info, or nil when there is no such device.
+    func info(device: UInt32) throws(UblkError) -> ublksrv_ctrl_dev_info? {
+        var info = ublksrv_ctrl_dev_info()
+        do {
+            try withUnsafeMutableBytes(of: &info) { (b) throws(UblkError) in
+                try run(UblkCommand.getDeviceInfo, "get info", device: device, buffer: b)
+            }
+        } catch .command(_, _, let e) where e == .operationNotSupportedByDevice {  // ENODEV
+            return nil
+        }
+        return info
+    }
+
+    /// Begins taking over a device whose server died (it must be quiesced).
+    func startRecovery(device: UInt32) throws(UblkError) {
+        try run(UblkCommand.startRecovery, "start recovery", device: device)
+    }
+
+    /// Ends the take-over once the new queue has fetched all its requests: held I/O resumes.
+    func endRecovery(device: UInt32) throws(UblkError) {
+        try run(UblkCommand.endRecovery, "end recovery", device: device, data0: UInt64(getpid()))
     }
 
     /// Returns once every queue has fetched all its requests and the block device exists.

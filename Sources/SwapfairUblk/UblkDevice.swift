@@ -24,16 +24,52 @@ public final class UblkDevice: @unchecked Sendable {
     public var blockDevicePath: String { "/dev/ublkb\(id)" }
     public var served: UInt64 { queue.served }
 
-    /// Adds and starts a device over `target`; returns once `/dev/ublkbN` accepts I/O.
-    public init(target: any UblkTarget, queueDepth: Int = 64, maxIOBytes: Int = 512 << 10) throws(UblkError) {
+    /// Whether this server took over a device whose previous server died (its I/O was held).
+    public let recovered: Bool
+
+    /// Adds and starts a device over `target`; returns once `/dev/ublkbN` accepts I/O. With
+    /// `recover`, the id of a device a previous server of this target made: if that server died
+    /// and the kernel holds the device quiesced, it is taken over instead (the block device, and
+    /// whatever swap is on it, lives on; held requests are issued again to this server).
+    public init(target: any UblkTarget, queueDepth requestedDepth: Int = 64, maxIOBytes requestedMax: Int = 512 << 10,
+                recover previous: UInt32? = nil) throws(UblkError) {
         let control = try UblkControl()
-        let id = try control.addDevice(queueDepth: queueDepth, maxIOBytes: maxIOBytes)
-        func undo() { try? control.delete(device: id) }
-        do {
-            try control.setParameters(device: id, size: target.size, maxIOBytes: maxIOBytes)
-        } catch {
-            undo()
-            throw error
+        var id = UInt32.max, queueDepth = requestedDepth, maxIOBytes = requestedMax
+        var recovering = false
+        if let previous, let info = try control.info(device: previous) {
+            switch UblkState(rawValue: info.state) {
+            case .quiesced?:
+                recovering = true
+                id = previous
+                queueDepth = Int(info.queue_depth)
+                maxIOBytes = Int(info.max_io_buf_bytes)
+            case .live?:
+                throw .command("take-over", device: Int(previous), .resourceBusy)
+            default:
+                try? control.delete(device: previous)  // left by a server that never started it
+            }
+        }
+        func undo() { if !recovering { try? control.delete(device: id) } }
+        if recovering {
+            // Allowed once the dead server's character device is released, which can take a moment.
+            var attempt = 0
+            while true {
+                do {
+                    try control.startRecovery(device: id)
+                    break
+                } catch .command(_, _, let e) where e == .resourceBusy && attempt < 100 {
+                    attempt += 1
+                    usleep(50_000)
+                }
+            }
+        } else {
+            id = try control.addDevice(queueDepth: queueDepth, maxIOBytes: maxIOBytes)
+            do {
+                try control.setParameters(device: id, size: target.size, maxIOBytes: maxIOBytes)
+            } catch {
+                undo()
+                throw error
+            }
         }
         // The character device appears when the device is added (devtmpfs; udev may take a moment).
         let path = "/dev/ublkc\(id)"
@@ -65,7 +101,9 @@ public final class UblkDevice: @unchecked Sendable {
             undo()
             throw e
         }
-        do { try control.start(device: id) } catch {
+        do {
+            if recovering { try control.endRecovery(device: id) } else { try control.start(device: id) }
+        } catch {
             queue.requestStop()
             queue.finished.wait()
             try? control.stop(device: id)
@@ -75,6 +113,7 @@ public final class UblkDevice: @unchecked Sendable {
             throw error
         }
         self.id = id
+        self.recovered = recovering
         self.target = target
         self.control = control
         self.queue = queue

@@ -71,6 +71,29 @@ peak=$(grep -o '"swap":[0-9]*' "$OUT/standin.jsonl" | cut -d: -f2 | sort -n | ta
     || ko "stand-in verification failed (rc=$rc)"
 rmdir $G
 
+# SIGKILL under swap: the kernel holds the device's I/O (user recovery) until the restarted
+# daemon takes it over; the stand-in swapping through it must not see a single bad page.
+G=/sys/fs/cgroup/ublk-kill
+mkdir -p $G
+echo 64M > $G/memory.high
+timeout 600 sh -c "echo \$\$ > $G/cgroup.procs; exec $BIN/swapfair-loadgen --memory 256M --working-set 256M --phases busy:12 --verify --output $OUT/kill-standin.jsonl" &
+standin=$!
+sleep 8
+inswap=$(awk -v d="$dev" '$1 == d {print int($4 / 1024)}' /proc/swaps)
+kill -9 $daemon; wait $daemon 2>/dev/null
+sleep 1
+"$BIN/swapfaird" --config "$OUT/swapfair.toml" --socket /run/swapfair/ublk.sock --swap-only >> "$OUT/daemon.log" 2>&1 &
+daemon=$!
+wait $standin
+rc=$?
+echo "SIGKILL with ${inswap:-0} MiB on $dev; $(grep -c 'taken over' "$OUT/daemon.log") take-over(s) logged"
+grep -q "taken over from the previous daemon" "$OUT/daemon.log" && ok "the restarted swapfaird took $dev over" \
+    || ko "no take-over: $(tail -3 "$OUT/daemon.log")"
+[ "$rc" = 0 ] && ok "the stand-in swapping through $dev across SIGKILL and restart read every page back intact" \
+    || ko "the stand-in failed across the restart (rc=$rc): $(tail -2 $OUT/kill-standin.jsonl)"
+grep -q "^$dev" /proc/swaps && ok "$dev is still in use as swap after the restart" || ko "$dev is no longer swap"
+rmdir $G
+
 # The whole guest near OOM: no cgroup limit, all of its available memory and 400 MiB more.
 ram=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
 ask=$((ram + 400))
