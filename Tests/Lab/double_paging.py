@@ -75,16 +75,19 @@ def judge(truth_path, detected_path, key="host_swapped"):
     a detection of block B at time t matches a truly double-paged swap-out of B within 1 s.
     `key`: host_swapped (mincore: the frame was not resident) or swap_entry (pagemap: its page
     table entry was a swap entry, which also counts frames the host read back by readahead)."""
-    truth = {}
+    # Both sides over the run's SECONDS only, as the table's other columns (the final --verify pass
+    # swaps too).
+    truth, start = {}, None
     for l in open(truth_path):
         e = json.loads(l)
-        if e.get(key):
+        start = e["clock"] - e["t"] if start is None else start
+        if e.get(key) and e["t"] <= SECONDS:
             truth.setdefault(e["block"], []).append(e["clock"])
     detected = []
-    if os.path.exists(detected_path):
+    if os.path.exists(detected_path) and start is not None:
         for l in open(detected_path):
             f = l.split()
-            if len(f) == 3:
+            if len(f) == 3 and float(f[0]) <= start + SECONDS:
                 detected.append((float(f[0]), int(f[2])))
     matched = 0
     for t, b in detected:
