@@ -48,6 +48,8 @@ let package = Package(
             name: "SwapfairIO",
             dependencies: ["CURing", "CSwapfairShim", "SwapfairSys", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
+        // QEMU's machine protocol: the guests' balloons.
+        .target(name: "SwapfairQMP", dependencies: ["SwapfairSys"], swiftSettings: strict),
         // Double paging: content digests of host swap-ins matched against guest swap-outs.
         .target(name: "SwapfairTracking", swiftSettings: strict),
         // ublk block devices served from this process: control, queues, targets.
@@ -92,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "swapfairctl",
             dependencies: [
-                "SwapfairDaemon", "SwapfairConfig", "SwapfairPolicy", "SwapfairCgroup", "SwapfairSimulation",
+                "SwapfairDaemon", "SwapfairConfig", "SwapfairPolicy", "SwapfairCgroup", "SwapfairSimulation", "SwapfairQMP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -122,6 +124,7 @@ let package = Package(
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
         .testTarget(name: "SwapfairWorkloadTests", dependencies: ["SwapfairWorkload"], swiftSettings: strict),
         .testTarget(name: "SwapfairTrackingTests", dependencies: ["SwapfairTracking"], swiftSettings: strict),
+        .testTarget(name: "SwapfairQMPTests", dependencies: ["SwapfairQMP", "SwapfairSys"], swiftSettings: strict),
         .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairSystemdTests", dependencies: ["SwapfairSystemd"], swiftSettings: strict),

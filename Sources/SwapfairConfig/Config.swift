@@ -114,6 +114,9 @@ public struct HostConfig: Sendable, Equatable {
     /// A swap device for the host itself, served by swapfaird over ublk from
     /// `<state_dir>/host-swap.img` (`swapon` it): nil for none.
     public var hostSwapSize: UInt64?
+    /// Or a block device (a partition) to serve as the host's swap device over ublk, whole: what a
+    /// host should use (see the README on why a file on a journaling file system can deadlock).
+    public var hostSwapDevice: String?
     /// How limits are set and VMs placed.
     public var backend: BackendSetting = .auto
 

@@ -9,7 +9,7 @@ public enum ConfigLoader {
     static let hostKeys = ["memory_budget", "swap_budget", "interval", "pressure_target", "idle_tax",
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
                             "activity_period", "activity_slow", "activity_fast", "state_dir", "backend",
-                            "nbd_dir", "swap_queue_depth", "host_swap_size"]
+                            "nbd_dir", "swap_queue_depth", "host_swap_size", "host_swap_device"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit", "swap_device"]
     static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups"]
@@ -124,11 +124,18 @@ struct Validator {
                     else if e.key == "state_dir" { h.stateDir = s } else { h.nbdDir = s }
                 }
             case "swap_queue_depth": if let d = integer(e, key, in: 1...4096) { h.swapQueueDepth = Int(d) }
+            case "host_swap_device":
+                if let s = string(e, key) {
+                    if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path to a block device") }
+                    else if h.hostSwapSize != nil { problem(e.line, key, "give one of host_swap_size and host_swap_device") }
+                    else { h.hostSwapDevice = s }
+                }
             case "host_swap_size":
                 if let s = size(e, key) {
                     let b = s.resolve(against: 0)
                     if case .percent = s { problem(e.line, key, "must be a size such as \"2G\", not a percentage") }
                     else if b < 1 << 20 || b % 4096 != 0 { problem(e.line, key, "must be at least 1M and a multiple of 4K") }
+                    else if h.hostSwapDevice != nil { problem(e.line, key, "give one of host_swap_size and host_swap_device") }
                     else { h.hostSwapSize = b }
                 }
             case "backend":

@@ -40,7 +40,7 @@ public final class SwapDevices: Sendable {
             case .export(let vm, let e): return "VM \(vm): cannot serve its swap device: \(e)"
             case .engine(let e): return "cannot start the swap engine: \(e)"
             case .unknownUser(let vm, let u): return "VM \(vm): swap_device allows \"\(u)\", which is not a user or group here"
-            case .hostSwap(let why): return "cannot serve the host's swap device (host_swap_size): \(why)"
+            case .hostSwap(let why): return "cannot serve the host's swap device (host_swap_size or host_swap_device): \(why)"
             }
         }
     }
@@ -57,7 +57,7 @@ public final class SwapDevices: Sendable {
             try FileAccess.makeDirectory(volumes, mode: 0o700)
         } catch { throw .export("*", error) }
         var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]
-        let tracker = c.host.hostSwapSize == nil ? nil : DoublePagingTracker()
+        let tracker = c.host.hostSwapSize == nil && c.host.hostSwapDevice == nil ? nil : DoublePagingTracker()
         let eventLog = doublePagingEvents.flatMap { DoublePagingEventLog(path: $0) }
         if let doublePagingEvents, eventLog == nil {
             logger.warning("cannot write the double-paging event log", metadata: ["path": "\(doublePagingEvents)"])
@@ -117,12 +117,19 @@ public final class SwapDevices: Sendable {
     static func hostSwapDevice(_ c: SwapfairConfiguration, tracker: DoublePagingTracker?, logger: Logger) throws(Failure)
         -> UblkDevice?
     {
-        guard let size = c.host.hostSwapSize, let tracker else { return nil }
+        guard c.host.hostSwapSize != nil || c.host.hostSwapDevice != nil, let tracker else { return nil }
         if let why = UblkDevice.unavailableReason() { throw .hostSwap(why) }
         let volume: Volume
-        do { volume = try Volume(path: c.host.stateDir + "/host-swap.img", size: size) } catch {
+        do {
+            if let device = c.host.hostSwapDevice {
+                volume = try Volume(device: device)
+            } else {
+                volume = try Volume(path: c.host.stateDir + "/host-swap.img", size: c.host.hostSwapSize ?? 0)
+            }
+        } catch {
             throw .hostSwap("\(error)")
         }
+        let size = volume.size
         // The device's id, kept so that a daemon restarted after a crash takes the device over
         // (the kernel holds its I/O meanwhile) instead of leaving the swap on it to fail.
         let idFile = hostSwapIDFile(c)

@@ -17,6 +17,7 @@ public final class Volume: Sendable {
 
     public enum Failure: Error, CustomStringConvertible, Equatable {
         case cannotOpen(String, Errno)
+        case notABlockDevice(String)
         case wouldShrink(path: String, existing: UInt64, configured: UInt64)
         case notAligned(UInt64)
         public var description: String {
@@ -26,6 +27,7 @@ public final class Volume: Sendable {
                 return "volume \(p) holds \(have) bytes but the configuration says \(want); refusing to shrink it "
                     + "(the guest's swapped pages would be lost): raise the size or remove the file"
             case .notAligned(let s): return "volume size \(s) is not a multiple of 4096"
+            case .notABlockDevice(let p): return "\(p) is not a block device"
             }
         }
     }
@@ -55,6 +57,34 @@ public final class Volume: Sendable {
         }
         self.path = path
         self.size = size
+        self.fd = fd
+        self.direct = direct
+    }
+
+    /// A whole block device (a partition, a logical volume) as a volume: its size is the device's,
+    /// rounded down to 4 KiB. Nothing is created; the device must exist.
+    public init(device path: String) throws(Failure) {
+        var fd = open(path, O_RDWR | O_CLOEXEC | swapfair_o_direct())
+        var direct = true
+        if fd < 0 && errno == EINVAL {
+            fd = open(path, O_RDWR | O_CLOEXEC)
+            direct = false
+        }
+        guard fd >= 0 else { throw .cannotOpen(path, Errno(rawValue: errno)) }
+        var st = stat()
+        fstat(fd, &st)
+        guard (st.st_mode & S_IFMT) == S_IFBLK else {
+            close(fd)
+            throw .notABlockDevice(path)
+        }
+        let end = lseek(fd, 0, SEEK_END)
+        guard end >= 4096 else {
+            let e = Errno(rawValue: errno)
+            close(fd)
+            throw .cannotOpen(path, end < 0 ? e : .invalidArgument)
+        }
+        self.path = path
+        self.size = UInt64(end) / 4096 * 4096
         self.fd = fd
         self.direct = direct
     }

@@ -12,6 +12,7 @@ enum UblkCommand {
     static let stopDevice: UInt32 = 0x07
     static let setParameters: UInt32 = 0x08
     static let getDeviceInfo: UInt32 = 0x02
+    static let getParameters: UInt32 = 0x09
     static let startRecovery: UInt32 = 0x10
     static let endRecovery: UInt32 = 0x11
     // I/O commands, on /dev/ublkcN (payload: struct ublksrv_io_cmd).

@@ -127,6 +127,16 @@ final class UblkControl {
         return info
     }
 
+    /// A device's size in bytes, from its parameters.
+    func size(device: UInt32) throws(UblkError) -> UInt64 {
+        var p = ublk_params()
+        p.len = UInt32(MemoryLayout<ublk_params>.size)
+        try withUnsafeMutableBytes(of: &p) { (b) throws(UblkError) in
+            try run(UblkCommand.getParameters, "get parameters", device: device, buffer: b)
+        }
+        return p.basic.dev_sectors << 9
+    }
+
     /// Begins taking over a device whose server died (it must be quiesced).
     func startRecovery(device: UInt32) throws(UblkError) {
         try run(UblkCommand.startRecovery, "start recovery", device: device)

@@ -1,4 +1,5 @@
 import CSwapfairShim
+import CURing
 import SwapfairIO
 import SwapfairSys
 import SystemPackage
@@ -22,7 +23,9 @@ public final class UblkDevice: @unchecked Sendable {
     public static func unavailableReason() -> String? { UblkControl.unavailableReason() }
 
     public var blockDevicePath: String { "/dev/ublkb\(id)" }
-    public var served: UInt64 { queue.served }
+    /// Requests served so far, and how many of them failed.
+    public var served: UInt64 { queue.served.load(ordering: .relaxed) }
+    public var failed: UInt64 { queue.failed.load(ordering: .relaxed) }
 
     /// Whether this server took over a device whose previous server died (its I/O was held).
     public let recovered: Bool
@@ -38,13 +41,18 @@ public final class UblkDevice: @unchecked Sendable {
         var recovering = false
         if let previous, let info = try control.info(device: previous) {
             switch UblkState(rawValue: info.state) {
-            case .quiesced?:
+            case .quiesced? where info.flags & UInt64(UBLK_F_USER_RECOVERY) != 0:
+                // The id came from our state file, but ids are reused: take over only a device of
+                // this target's size, never somebody else's.
+                guard try control.size(device: previous) == target.size else {
+                    throw .command("take-over (its size is not the volume's)", device: Int(previous), .invalidArgument)
+                }
                 recovering = true
                 id = previous
                 queueDepth = Int(info.queue_depth)
                 maxIOBytes = Int(info.max_io_buf_bytes)
-            case .live?:
-                throw .command("take-over", device: Int(previous), .resourceBusy)
+            case .live?, .quiesced?:
+                throw .command("take-over (another server holds it)", device: Int(previous), .resourceBusy)
             default:
                 try? control.delete(device: previous)  // left by a server that never started it
             }
@@ -168,7 +176,11 @@ public struct VolumeTarget: UblkTarget {
             return Int32(length)
         case .flush:
             return fdatasync(volume.fd) == 0 ? 0 : -errno
-        case .discard, .writeZeroes:
+        case .discard:
+            // Advisory: a device that cannot punch holes keeps the old data, which nobody reads.
+            if swapfair_punch_hole(volume.fd, Int64(offset), Int64(length)) == 0 { return 0 }
+            return errno == EOPNOTSUPP ? 0 : -errno
+        case .writeZeroes:
             return swapfair_punch_hole(volume.fd, Int64(offset), Int64(length)) == 0 ? 0 : -errno
         }
     }

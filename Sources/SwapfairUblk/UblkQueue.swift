@@ -1,6 +1,7 @@
 import CURing
 import Dispatch
 import Foundation
+import Synchronization
 import SwapfairIO
 import SwapfairSys
 import SystemPackage
@@ -43,8 +44,9 @@ final class UblkQueue: @unchecked Sendable {
     let fetched = DispatchSemaphore(value: 0)
     let finished = DispatchSemaphore(value: 0)
     private(set) var startError: UblkError?
-    private(set) var served: UInt64 = 0
-    private(set) var failed: UInt64 = 0
+    /// Requests served, and those that failed (read from other threads).
+    let served = Atomic<UInt64>(0)
+    let failed = Atomic<UInt64>(0)
 
     init(cdev: Int32, depth: Int, bufferSize: Int, target: any UblkTarget, legacy: Bool) throws(UblkError) {
         self.cdev = cdev
@@ -153,8 +155,8 @@ final class UblkQueue: @unchecked Sendable {
                     return
                 }
                 let result = serve(tag: tag)
-                if result < 0 { failed += 1 }
-                served += 1
+                if result < 0 { failed.add(1, ordering: .relaxed) }
+                served.add(1, ordering: .relaxed)
                 _ = queueCommand(ring, UblkCommand.commitAndFetchRequest, tag: tag, result: result)
             }
         }

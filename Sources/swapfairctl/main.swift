@@ -5,13 +5,14 @@ import SwapfairCgroup
 import SwapfairConfig
 import SwapfairDaemon
 import SwapfairPolicy
+import SwapfairQMP
 import SwapfairSimulation
 
 struct SwapfairCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swapfairctl",
         abstract: "Inspect and check swapfair.",
-        subcommands: [Status.self, CheckConfig.self, Plan.self, Simulate.self])
+        subcommands: [Status.self, CheckConfig.self, Plan.self, Simulate.self, Balloon.self])
 }
 
 /// Prints a message and exits with status 1.
@@ -37,6 +38,53 @@ struct Status: ParsableCommand {
         let report: StatusReport
         do { report = try ControlClient.status(socket: socket) } catch { fail(error.description) }
         print(json ? report.json() : StatusTable.render(report), terminator: json ? "\n" : "")
+    }
+}
+
+struct Balloon: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Set a QEMU guest's balloon target through its QMP socket, or show it.",
+        discussion: "The guest gives memory back to the host through its balloon driver (virtio-balloon) "
+            + "instead of the host swapping it: prints the RAM the guest has, before and after.")
+
+    @Option(name: .long, help: "The VM's QMP socket (QEMU: -qmp unix:PATH,server=on,wait=off).")
+    var qmp: String
+
+    @Argument(help: "RAM to leave the guest (e.g. 768M); omit to show it.")
+    var target: String?
+
+    @Option(name: .long, help: "Seconds to wait for the guest to reach the target (0: do not wait).")
+    var wait: Double = 10
+
+    func run() throws {
+        // A QEMU that goes away mid-exchange must end this with a message, not with SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
+        let bytes: UInt64?
+        if let target {
+            guard case .bytes(let b)? = try? SizeParser.parse(target), b > 0 else {
+                fail("\(target) is not a size such as 768M or 2G")
+            }
+            bytes = b
+        } else {
+            bytes = nil
+        }
+        do {
+            let client = try QMPClient(path: qmp)
+            let before = try client.balloonActual()
+            guard let bytes else {
+                print("guest RAM \(Format.bytes(before))")
+                return
+            }
+            try client.setBalloonTarget(bytes: bytes)
+            var actual = before
+            let deadline = Date().addingTimeInterval(wait)
+            while actual != bytes && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.2)
+                actual = try client.balloonActual()
+            }
+            print("guest RAM \(Format.bytes(before)) → \(Format.bytes(actual)) (target \(Format.bytes(bytes))"
+                  + (actual == bytes ? ")" : "; not reached after \(Int(wait)) s)"))
+        } catch { fail(error.description) }
     }
 }
 

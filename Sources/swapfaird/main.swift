@@ -56,7 +56,8 @@ struct Swapfaird: ParsableCommand {
         if let socket { configuration.host.socket = socket }
 
         var devices: SwapDevices?
-        if configuration.vms.contains(where: { $0.swapDevice != nil }) || configuration.host.hostSwapSize != nil {
+        if configuration.vms.contains(where: { $0.swapDevice != nil }) || configuration.host.hostSwapSize != nil
+            || configuration.host.hostSwapDevice != nil {
             if !allowFakeRoot { SwapServerProtection.apply(logger: logger) }
             do { devices = try SwapDevices(configuration: configuration, logger: logger, doublePagingEvents: doublePagingEvents) } catch {
                 fail("\(error)")
@@ -155,7 +156,7 @@ struct Swapfaird: ParsableCommand {
 
     /// Serves swap devices and the control socket, nothing else, until SIGTERM or SIGINT.
     func runSwapOnly(_ c: SwapfairConfiguration, devices: SwapDevices?, logger: Logger) {
-        guard let devices else { fail("--swap-only, but no VM has a swap_device and there is no host_swap_size") }
+        guard let devices else { fail("--swap-only, but no VM has a swap_device and there is no host swap device") }
         logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(devices.servers.count)"])
         let board = StatusBoard()
         let server = try? ControlServer(path: c.host.socket, board: board, allowedGroup: nil, logger: logger)

@@ -33,7 +33,7 @@ HOST_PKGS="qemu-system-x86 busybox-static kmod cpio xz-utils zstd"
 # Modules the guest may need; their dependencies come along. Ones that are built into the
 # kernel are skipped silently.
 MODS="virtio_pci virtio_blk virtio_console 9pnet_virtio 9p overlay zram nbd ublk_drv loop
-      null_blk bfq fuse ext4 ${LAB_EXTRA_MODS:-}"
+      null_blk bfq fuse ext4 virtio_balloon ${LAB_EXTRA_MODS:-}"
 
 say() { echo "lab: $*" >&2; }
 fail() { say "ERROR: $*"; exit 1; }

@@ -5,7 +5,7 @@ while the guest swaps pages to its own disk. One run per configuration, the same
 
   plain     no swapfair: host swap on the lab's swap disk, the guest's swap on a plain device
             (null_blk, in RAM)
-  tracking  swapfair serves both: the host's swap over ublk (its volume on the same disk) and the
+  tracking  swapfair serves both: the host's swap over ublk (the same disk, whole) and the
             guest's swap on its NBD export (kernel nbd client, volume in RAM like null_blk); the
             double-paging tracker matches host swap-ins against guest swap-outs
 
@@ -111,21 +111,16 @@ def main():
     results["plain"] = run_guest("plain", "/dev/nullb0")
     subprocess.run(["modprobe", "-r", "null_blk"], stderr=subprocess.DEVNULL)
 
-    # tracking: swapfaird serves the host's swap (ublk) and the guest's (NBD). The host swap volume
-    # lives on the lab's swap disk, borrowed as a file system; the guest's volume in RAM.
+    # tracking: swapfaird serves the host's swap (ublk, on the lab's swap disk itself, borrowed
+    # whole) and the guest's (NBD, its volume in RAM like null_blk).
     disk = next((l.split()[0] for l in open("/proc/swaps") if l.startswith("/dev/vd")), None)
     subprocess.run(["swapoff", "-a"], check=True)
-    subprocess.run(["modprobe", "ext4"], stderr=subprocess.DEVNULL)
-    state = "/mnt/dp-state"
+    state = "/tmp/dp-state"
     os.makedirs(state, exist_ok=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", disk], check=True)
-    subprocess.run(["mount", disk, state], check=True)
-    os.makedirs("/tmp/dp-volumes", exist_ok=True)
-    os.symlink("/tmp/dp-volumes", os.path.join(state, "volumes"))
     subprocess.run(["modprobe", "ublk_drv"], stderr=subprocess.DEVNULL)
     conf = os.path.join(OUT, "dp.toml")
     with open(conf, "w") as fh:
-        fh.write(f'[host]\nstate_dir = "{state}"\nnbd_dir = "/run/swapfair/nbd"\nhost_swap_size = "1G"\n'
+        fh.write(f'[host]\nstate_dir = "{state}"\nnbd_dir = "/run/swapfair/nbd"\nhost_swap_device = "{disk}"\n'
                  '[[vm]]\nname = "dp"\nswap_device = { size = "256M" }\n')
     detected_path = "/tmp/dp-detected.txt"
     logpath = os.path.join(OUT, "dp-daemon.log")
@@ -157,7 +152,6 @@ def main():
         subprocess.run(["nbd-client", "-d", "/dev/nbd1"], capture_output=True)
     d.terminate()
     d.wait(30)
-    subprocess.run(["umount", state], stderr=subprocess.DEVNULL)
     subprocess.run(f"mkswap {disk} >/dev/null && swapon {disk}", shell=True)
 
     rows = []

@@ -5,7 +5,8 @@
 #      double-paging measurement (double_paging.py; named "double_paging" among the scenarios);
 #   2. a second guest whose swap disk is an export of a swapfaird on this host, killed and
 #      restarted midway (guest-swap.sh; skipped when scenarios are named);
-#   3. a third guest booted by systemd as PID 1: the units installed, limits set through systemd,
+#   3. a QEMU guest with a virtio-balloon device whose balloon swapfairctl sets over QMP (balloon.sh);
+#   4. a guest booted by systemd as PID 1: the units installed, limits set through systemd,
 #      daemon-reload, a VM unit restart and a watchdog restart (systemd_lab.py; skipped likewise).
 # Every check prints a PASS: or FAIL: line; the last line is "lab: N passed, M failed".
 set -uo pipefail
@@ -35,6 +36,9 @@ LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB
 if [ $# = 0 ]; then
     echo; echo "=== a guest swaps to swapfair on the host; the daemon is SIGKILLed and restarted midway ==="
     Tests/Lab/guest-swap.sh 2>&1 | grep -vE "^(lab:|\[ )" | tee "$LAB_OUT/guest2.log"
+    echo; echo "=== swapfair's QMP client sets a real QEMU guest's balloon ==="
+    Tests/Lab/balloon.sh 2>&1 | grep -vE "^(lab:|\[ )" | tee "$LAB_OUT/guest4.log"
+    grep -qE "^balloon: [0-9]+ passed" "$LAB_OUT/guest4.log" || failed_early=1
     echo; echo "=== swapfair under systemd as PID 1 ==="
     LAB_INIT=systemd LAB_SWAP=disk:2G LAB_TIMEOUT=900 LAB_PASS_ENV="LAB_OUT ${LAB_PASS_ENV:-}" \
         Tests/Lab/run-guest.sh . "python3 Tests/Lab/systemd_lab.py" 2>&1 | tee "$LAB_OUT/guest3.log"

@@ -14,22 +14,21 @@ pass=0; fail=0
 ok() { echo "PASS: $*"; pass=$((pass+1)); }
 ko() { echo "FAIL: $*"; fail=$((fail+1)); }
 finish() { echo "ublk: $pass passed, $fail failed"; [ $fail = 0 ]; exit; }
-# The volume must live on a disk: the guest's /tmp is RAM, and swapping into RAM under memory
-# pressure only moves the shortage. The lab's swap disk is borrowed as a file system for the run
-# and made swap again at the end.
+# The volume is the lab's swap disk itself, borrowed whole (made swap again at the end): a host
+# swap volume must be a block device, not a file on a journaling file system, or reclaim can wait
+# on the journal that waits on memory (a file on ext4 here hung kswapd and jbd2 once near OOM).
 disk=$(swapon --show=NAME --noheadings | grep '^/dev/vd' | head -1)
 [ -n "$disk" ] || { ko "no swap disk to borrow (LAB_SWAP=disk:SIZE)"; finish; }
 swapoff -a
-restore() { umount /mnt/ublk-state 2>/dev/null; mkswap "$disk" > /dev/null && swapon "$disk"; }
+restore() { mkswap "$disk" > /dev/null && swapon "$disk"; }
 trap restore EXIT
-modprobe ext4 2>/dev/null
-mkfs.ext4 -q -F "$disk" && mkdir -p /mnt/ublk-state && mount "$disk" /mnt/ublk-state || { ko "cannot make a file system on $disk"; finish; }
 modprobe ublk_drv 2>/dev/null
+mkdir -p /tmp/ublk-state
 cat > "$OUT/swapfair.toml" <<TOML
 [host]
-state_dir = "/mnt/ublk-state"
+state_dir = "/tmp/ublk-state"
 nbd_dir = "/run/swapfair/nbd"
-host_swap_size = "768M"
+host_swap_device = "$disk"
 TOML
 "$BIN/swapfaird" --config "$OUT/swapfair.toml" --socket /run/swapfair/ublk.sock --swap-only > "$OUT/daemon.log" 2>&1 &
 daemon=$!

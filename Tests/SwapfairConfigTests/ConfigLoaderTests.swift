@@ -92,6 +92,8 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         (#"[[vm]]\#nname = "a"\#nswap_limit = "16G""#, "is more than the swap budget"),
         (#"[host]\#nhost_swap_size = "10%""#, #"test.toml:2: host.host_swap_size: must be a size such as "2G", not a percentage"#),
         (#"[host]\#nhost_swap_size = 1000"#, "must be at least 1M and a multiple of 4K"),
+        (#"[host]\#nhost_swap_device = "sdb3""#, "host.host_swap_device: must be an absolute path to a block device"),
+        (#"[host]\#nhost_swap_size = "1G"\#nhost_swap_device = "/dev/sdb3""#, "give one of host_swap_size and host_swap_device"),
     ])
     func badConfigurationsAreRefusedWithTheirLineAndKey(text: String, expected: String) {
         do {

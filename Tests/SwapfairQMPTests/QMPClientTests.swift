@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+import SwapfairQMP
+import SwapfairSys
+
+/// A QMP peer in miniature on a Unix socket: greets, answers the commands it knows (with an event
+/// thrown in before each answer, as QEMU may send), refuses the others as QEMU does.
+final class FakeQEMU: @unchecked Sendable {
+    let path = "/tmp/swapfair-qmp-\(UUID().uuidString.prefix(8)).sock"
+    let listener: UnixSocket
+    var received: [String] = []
+    var actual: UInt64 = 1 << 30
+
+    init() throws {
+        listener = try UnixSocket.listen(at: path)
+        Thread { [self] in serve() }.start()
+    }
+
+    func serve() {
+        guard let c = try? listener.accept() else { return }
+        func send(_ s: String) { try? c.writeAll(Array((s + "\r\n").utf8)) }
+        send(#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"#)
+        var pending: [UInt8] = []
+        while true {
+            guard let bytes = try? c.read(until: 0x0A, limit: 65536), !bytes.isEmpty else { return }
+            pending += bytes
+            while let nl = pending.firstIndex(of: 0x0A) {
+                let line = String(decoding: pending[..<nl], as: UTF8.self)
+                pending.removeSubrange(...nl)
+                guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                      let cmd = obj["execute"] as? String else { send(#"{"error": {"class": "GenericError", "desc": "bad"}}"#); continue }
+                received.append(cmd)
+                send(#"{"event": "BALLOON_CHANGE", "data": {"actual": 1}, "timestamp": {"seconds": 1, "microseconds": 2}}"#)
+                switch cmd {
+                case "qmp_capabilities": send(#"{"return": {}}"#)
+                case "balloon":
+                    actual = ((obj["arguments"] as? [String: Any])?["value"] as? NSNumber)?.uint64Value ?? 0
+                    send(#"{"return": {}}"#)
+                case "query-balloon": send(#"{"return": {"actual": \#(actual)}}"#)
+                default: send(#"{"error": {"class": "CommandNotFound", "desc": "The command \#(cmd) has not been found"}}"#)
+                }
+            }
+        }
+    }
+
+    deinit { unlink(path) }
+}
+
+@Suite struct QMPClientTests {
+    @Test func setsAndReadsTheBalloonSkippingEvents() throws {
+        let qemu = try FakeQEMU()
+        let client = try QMPClient(path: qemu.path)
+        #expect(try client.balloonActual() == 1 << 30)
+        try client.setBalloonTarget(bytes: 768 << 20)
+        #expect(try client.balloonActual() == 768 << 20)
+        #expect(qemu.received == ["qmp_capabilities", "query-balloon", "balloon", "query-balloon"])
+    }
+
+    @Test func aRefusedCommandSaysWhatQEMUSaid() throws {
+        let qemu = try FakeQEMU()
+        let client = try QMPClient(path: qemu.path)
+        do {
+            try client.execute("no-such-command")
+            Issue.record("a refused command did not throw")
+        } catch {
+            #expect(error.description.contains("has not been found") && error.description.contains("CommandNotFound"))
+        }
+    }
+
+    @Test func aMissingSocketIsNamed() {
+        do {
+            _ = try QMPClient(path: "/tmp/swapfair-no-such-qmp.sock")
+            Issue.record("connected to nothing")
+        } catch {
+            #expect(error.description.contains("/tmp/swapfair-no-such-qmp.sock"))
+        }
+    }
+}
