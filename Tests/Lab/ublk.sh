@@ -93,9 +93,11 @@ grep -q "taken over from the previous daemon" "$OUT/daemon.log" && ok "the resta
 grep -q "^$dev" /proc/swaps && ok "$dev is still in use as swap after the restart" || ko "$dev is no longer swap"
 rmdir $G
 
-# The whole guest near OOM: no cgroup limit, all of its available memory and 400 MiB more.
+# The whole guest near OOM: no cgroup limit, all of its available memory and 600 MiB more (how much
+# of that the kernel takes from the page cache rather than swap varies: with 400 MiB more, 101 to
+# 383 MiB went to swap).
 ram=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
-ask=$((ram + 400))
+ask=$((ram + 600))
 t0=$(date +%s)
 timeout 600 "$BIN/swapfair-loadgen" --memory ${ask}M --working-set ${ask}M --phases busy:5 --verify \
     --output /tmp/ublk-oom.jsonl > /dev/null 2> "$OUT/oom.err"
@@ -107,7 +109,7 @@ used=$(awk -v d="$dev" '$1 == d {print int($4 / 1024)}' /proc/swaps)
 echo "near OOM: ${ask} MiB asked with ${ram} MiB available; exit status $rc after $((t1 - t0)) s; stand-in swap peak $((${peak:-0} >> 20)) MiB"
 if [ "$rc" = 124 ]; then
     ko "near OOM: the stand-in did not finish within 600 s (a swap server that needs memory deadlocks here)"
-elif [ "$rc" = 0 ] && [ "${peak:-0}" -lt $((100 << 20)) ]; then
+elif [ "$rc" = 0 ] && [ "${peak:-0}" -lt $((64 << 20)) ]; then
     ko "near OOM: the stand-in was not pushed into swap (peak $((${peak:-0} >> 20)) MiB); the run shows nothing"
 elif [ "$rc" = 0 ]; then
     ok "near OOM: the guest swapped $((${peak:-0} >> 20)) MiB through $dev and every page came back intact ($((t1 - t0)) s)"
