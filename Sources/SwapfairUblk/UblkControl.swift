@@ -87,7 +87,7 @@ final class UblkControl {
         info.dev_id = UInt32.max  // the kernel picks
         info.ublksrv_pid = getpid()
         info.flags = UInt64(UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE)
-        try withUnsafeMutableBytes(of: &info) { (b) throws(UblkError) in
+        _ = try withUnsafeMutableBytes(of: &info) { (b) throws(UblkError) in
             try run(UblkCommand.addDevice, "add", device: UInt32.max, buffer: b)
         }
         return info.dev_id
@@ -109,7 +109,7 @@ final class UblkControl {
         p.discard.max_discard_sectors = UInt32(maxIOBytes >> 9)
         p.discard.max_write_zeroes_sectors = UInt32(maxIOBytes >> 9)
         p.discard.max_discard_segments = 1
-        try withUnsafeMutableBytes(of: &p) { (b) throws(UblkError) in
+        _ = try withUnsafeMutableBytes(of: &p) { (b) throws(UblkError) in
             try run(UblkCommand.setParameters, "set parameters", device: device, buffer: b)
         }
     }
@@ -118,7 +118,7 @@ final class UblkControl {
     func info(device: UInt32) throws(UblkError) -> ublksrv_ctrl_dev_info? {
         var info = ublksrv_ctrl_dev_info()
         do {
-            try withUnsafeMutableBytes(of: &info) { (b) throws(UblkError) in
+            _ = try withUnsafeMutableBytes(of: &info) { (b) throws(UblkError) in
                 try run(UblkCommand.getDeviceInfo, "get info", device: device, buffer: b)
             }
         } catch .command(_, _, let e) where e == .operationNotSupportedByDevice {  // ENODEV
@@ -131,7 +131,7 @@ final class UblkControl {
     func size(device: UInt32) throws(UblkError) -> UInt64 {
         var p = ublk_params()
         p.len = UInt32(MemoryLayout<ublk_params>.size)
-        try withUnsafeMutableBytes(of: &p) { (b) throws(UblkError) in
+        _ = try withUnsafeMutableBytes(of: &p) { (b) throws(UblkError) in
             try run(UblkCommand.getParameters, "get parameters", device: device, buffer: b)
         }
         return p.basic.dev_sectors << 9
