@@ -39,7 +39,19 @@ public final class UblkDevice: @unchecked Sendable {
         let control = try UblkControl()
         var id = UInt32.max, queueDepth = requestedDepth, maxIOBytes = requestedMax
         var recovering = false
-        if let previous, let info = try control.info(device: previous) {
+        if let previous, var info = try control.info(device: previous) {
+            // A server's death is seen by the kernel only when its ring is torn down, which runs
+            // after the process is gone and can take seconds on a loaded host: until then the
+            // device reads live. Wait for it, as long as the server it names no longer exists.
+            var waited = 0
+            while UblkState(rawValue: info.state) == .live, info.flags & UInt64(UBLK_F_USER_RECOVERY) != 0,
+                  !Self.processExists(info.ublksrv_pid), waited < 1200 {
+                usleep(50_000)
+                waited += 1
+                guard let next = try control.info(device: previous) else { break }
+                info = next
+            }
+            if let fresh = try control.info(device: previous) { info = fresh } else { info.state = UblkState.dead.rawValue }
             switch UblkState(rawValue: info.state) {
             case .quiesced? where info.flags & UInt64(UBLK_F_USER_RECOVERY) != 0:
                 // The id came from our state file, but ids are reused: take over only a device of
@@ -52,20 +64,24 @@ public final class UblkDevice: @unchecked Sendable {
                 queueDepth = Int(info.queue_depth)
                 maxIOBytes = Int(info.max_io_buf_bytes)
             case .live?, .quiesced?:
-                throw .command("take-over (another server holds it)", device: Int(previous), .resourceBusy)
+                let who = Self.processExists(info.ublksrv_pid) ? "server pid \(info.ublksrv_pid) holds it"
+                                                               : "still live \(waited / 20) s after its server died"
+                throw .command("take-over (\(who))", device: Int(previous), .resourceBusy)
             default:
                 try? control.delete(device: previous)  // left by a server that never started it
             }
         }
         func undo() { if !recovering { try? control.delete(device: id) } }
         if recovering {
-            // Allowed once the dead server's character device is released, which can take a moment.
+            // Allowed once the dead server's character device is released, which waits for its
+            // ring's teardown too (asynchronous; seconds on a loaded host). Giving up early would
+            // leave the swap on the device held for good, so this waits up to a minute.
             var attempt = 0
             while true {
                 do {
                     try control.startRecovery(device: id)
                     break
-                } catch .command(_, _, let e) where e == .resourceBusy && attempt < 100 {
+                } catch .command(_, _, let e) where e == .resourceBusy && attempt < 1200 {
                     attempt += 1
                     usleep(50_000)
                 }
@@ -126,6 +142,11 @@ public final class UblkDevice: @unchecked Sendable {
         self.control = control
         self.queue = queue
         self.cdev = fd
+    }
+
+    /// Whether a process with this id exists (EPERM means it does, owned by somebody else).
+    static func processExists(_ pid: Int32) -> Bool {
+        pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
     }
 
     /// Ends the queue's thread (closing its ring cancels the requests it was waiting for), then

@@ -26,11 +26,11 @@ scenarios=${scenarios# }
 run_scenarios=1
 [ $# -gt 0 ] && [ -z "$scenarios" ] && run_scenarios=0
 LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB_OUT ${LAB_PASS_ENV:-}" \
-    Tests/Lab/run-guest.sh . "bash Tests/Lab/check.sh 2>&1 | sed 's/^/check: /'
+    Tests/Lab/run-guest.sh . "bash Tests/Lab/check.sh 2>&1 | sed -u 's/^/check: /'
         echo; echo '=== the kernel nbd client swaps to a swapfair export ==='
-        bash Tests/Lab/swapdev.sh 2>&1 | grep -vE '^(Setting up|no label)'
+        bash Tests/Lab/swapdev.sh 2>&1 | grep --line-buffered -vE '^(Setting up|no label)'
         echo; echo '=== the host swaps to swapfaird over ublk ==='
-        bash Tests/Lab/ublk.sh 2>&1 | grep -vE '^(Setting up|no label)'
+        bash Tests/Lab/ublk.sh 2>&1 | grep --line-buffered -vE '^(Setting up|no label)'
         if [ $run_scenarios = 1 ]; then python3 Tests/Lab/scenarios.py $scenarios; fi
         if [ $dp = 1 ]; then python3 Tests/Lab/double_paging.py; fi" 2>&1 | tee "$LAB_OUT/guest1.log"
 if [ $# = 0 ]; then

@@ -14,6 +14,22 @@ pass=0; fail=0
 ok() { echo "PASS: $*"; pass=$((pass+1)); }
 ko() { echo "FAIL: $*"; fail=$((fail+1)); }
 finish() { echo "ublk: $pass passed, $fail failed"; [ $fail = 0 ]; exit; }
+# What the kernel's blocked tasks wait on (sysrq w), for a run that hangs.
+blocked() {
+    echo w > /proc/sysrq-trigger 2>/dev/null; sleep 1
+    dmesg | grep -A14 -E "task:.*state:D" | grep -vE "^\s*$" | head -80 | sed 's/^/blocked: /'
+}
+# Runs a command for at most $1 s; a process stuck in the kernel ignores timeout's signals, so on
+# expiry this returns 124 without waiting for it (and shows where it is stuck).
+bounded() {
+    local limit=$1; shift
+    "$@" & local p=$! t=0
+    while kill -0 $p 2>/dev/null; do
+        [ $t -ge $((limit * 5)) ] && { blocked; kill -9 $p 2>/dev/null; return 124; }
+        sleep 0.2; t=$((t + 1))
+    done
+    wait $p
+}
 # The volume is the lab's swap disk itself, borrowed whole (made swap again at the end): a host
 # swap volume must be a block device, not a file on a journaling file system, or reclaim can wait
 # on the journal that waits on memory (a file on ext4 here hung kswapd and jbd2 once near OOM).
@@ -63,9 +79,10 @@ ok "swapon $dev: $(grep "^$dev" /proc/swaps | tr -s ' \t' ' ')"
 G=/sys/fs/cgroup/ublk-standin
 mkdir -p $G
 echo 64M > $G/memory.high
-timeout 600 sh -c "echo \$\$ > $G/cgroup.procs; exec $BIN/swapfair-loadgen --memory 256M --working-set 256M --phases busy:8 --verify --output $OUT/standin.jsonl"
+bounded 600 sh -c "echo \$\$ > $G/cgroup.procs; exec $BIN/swapfair-loadgen --memory 256M --working-set 256M --phases busy:8 --verify --output $OUT/standin.jsonl"
 rc=$?
 peak=$(grep -o '"swap":[0-9]*' "$OUT/standin.jsonl" | cut -d: -f2 | sort -n | tail -1)
+[ "$rc" = 124 ] && { ko "the stand-in swapping through $dev did not finish within 600 s"; finish; }
 [ "$rc" = 0 ] && ok "every page the stand-in wrote came back intact through swap on $dev ($((${peak:-0} >> 20)) MiB in swap at its peak)" \
     || ko "stand-in verification failed (rc=$rc)"
 rmdir $G
@@ -80,17 +97,33 @@ standin=$!
 sleep 8
 inswap=$(awk -v d="$dev" '$1 == d {print int($4 / 1024)}' /proc/swaps)
 kill -9 $daemon; wait $daemon 2>/dev/null
-sleep 1
+# Restarted at once, as systemd's Restart= would: the kernel may not have seen the death yet.
+sleep "${UBLK_RESTART_DELAY:-0}"
 "$BIN/swapfaird" --config "$OUT/swapfair.toml" --socket /run/swapfair/ublk.sock --swap-only >> "$OUT/daemon.log" 2>&1 &
 daemon=$!
-wait $standin
-rc=$?
+# If nothing takes the device over, the stand-in waits on its held I/O forever: say so and stop here
+# rather than hang the lab.
+t0=$(date +%s)
+while ! grep -q "taken over from the previous daemon" "$OUT/daemon.log"; do
+    if ! kill -0 $daemon 2>/dev/null || [ $(($(date +%s) - t0)) -gt 90 ]; then
+        ko "the restarted swapfaird did not take $dev over; the stand-in's swap I/O stays held: $(tail -3 "$OUT/daemon.log")"
+        cat /sys/block/$(basename "$dev")/inflight 2>/dev/null | sed 's/^/inflight: /'
+        blocked
+        finish
+    fi
+    sleep 0.2
+done
+echo "take-over $(($(date +%s) - t0)) s after the restart"
+t=0
+while kill -0 $standin 2>/dev/null && [ $t -lt 3000 ]; do sleep 0.2; t=$((t + 1)); done
+if kill -0 $standin 2>/dev/null; then blocked; rc=124; else wait $standin; rc=$?; fi
 echo "SIGKILL with ${inswap:-0} MiB on $dev; $(grep -c 'taken over' "$OUT/daemon.log") take-over(s) logged"
 grep -q "taken over from the previous daemon" "$OUT/daemon.log" && ok "the restarted swapfaird took $dev over" \
     || ko "no take-over: $(tail -3 "$OUT/daemon.log")"
 [ "$rc" = 0 ] && ok "the stand-in swapping through $dev across SIGKILL and restart read every page back intact" \
     || ko "the stand-in failed across the restart (rc=$rc): $(tail -2 $OUT/kill-standin.jsonl)"
 grep -q "^$dev" /proc/swaps && ok "$dev is still in use as swap after the restart" || ko "$dev is no longer swap"
+[ "$rc" = 124 ] && finish
 rmdir $G
 
 # The whole guest near OOM: no cgroup limit, all of its available memory and 600 MiB more (how much
@@ -99,7 +132,7 @@ rmdir $G
 ram=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
 ask=$((ram + 600))
 t0=$(date +%s)
-timeout 600 "$BIN/swapfair-loadgen" --memory ${ask}M --working-set ${ask}M --phases busy:5 --verify \
+bounded 600 "$BIN/swapfair-loadgen" --memory ${ask}M --working-set ${ask}M --phases busy:5 --verify \
     --output /tmp/ublk-oom.jsonl > /dev/null 2> "$OUT/oom.err"
 rc=$?
 t1=$(date +%s)
@@ -109,6 +142,7 @@ used=$(awk -v d="$dev" '$1 == d {print int($4 / 1024)}' /proc/swaps)
 echo "near OOM: ${ask} MiB asked with ${ram} MiB available; exit status $rc after $((t1 - t0)) s; stand-in swap peak $((${peak:-0} >> 20)) MiB"
 if [ "$rc" = 124 ]; then
     ko "near OOM: the stand-in did not finish within 600 s (a swap server that needs memory deadlocks here)"
+    finish
 elif [ "$rc" = 0 ] && [ "${peak:-0}" -lt $((64 << 20)) ]; then
     ko "near OOM: the stand-in was not pushed into swap (peak $((${peak:-0} >> 20)) MiB); the run shows nothing"
 elif [ "$rc" = 0 ]; then
