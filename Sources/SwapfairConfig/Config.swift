@@ -117,6 +117,15 @@ public struct HostConfig: Sendable, Equatable {
     /// Or a block device (a partition) to serve as the host's swap device over ublk, whole: what a
     /// host should use (see the README on why a file on a journaling file system can deadlock).
     public var hostSwapDevice: String?
+    /// Write elision: a guest swap-out of a page the host just read back from its swap becomes a
+    /// reference to the host's block instead of a second write (needs the host's swap device).
+    public var writeElision = false
+    /// How much of the host swap volume is kept spare for redirects of shared blocks (the swap
+    /// device is that much smaller than its volume): nil for an eighth of the volume.
+    public var elisionSpare: UInt64?
+    /// Where the shared-block tables live: a tmpfs, so that they survive the daemon but need no
+    /// journal to change.
+    public var sharedMapDir: String = "/run/swapfair/shared"
     /// How limits are set and VMs placed.
     public var backend: BackendSetting = .auto
 

@@ -9,7 +9,8 @@ public enum ConfigLoader {
     static let hostKeys = ["memory_budget", "swap_budget", "interval", "pressure_target", "idle_tax",
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
                             "activity_period", "activity_slow", "activity_fast", "state_dir", "backend",
-                            "nbd_dir", "swap_queue_depth", "host_swap_size", "host_swap_device"]
+                            "nbd_dir", "swap_queue_depth", "host_swap_size", "host_swap_device", "write_elision", "elision_spare",
+                            "shared_map_dir"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit", "swap_device"]
     static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups"]
@@ -129,6 +130,17 @@ struct Validator {
                     if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path to a block device") }
                     else if h.hostSwapSize != nil { problem(e.line, key, "give one of host_swap_size and host_swap_device") }
                     else { h.hostSwapDevice = s }
+                }
+            case "write_elision":
+                if case .boolean(let b) = e.value { h.writeElision = b } else { problem(e.line, key, "must be true or false, got \(e.value.kindName)") }
+            case "elision_spare":
+                if let s = size(e, key) {
+                    if case .percent = s { problem(e.line, key, "must be a size such as \"256M\", not a percentage") }
+                    else { let b = s.resolve(against: 0); if b % 4096 != 0 { problem(e.line, key, "must be a multiple of 4K") } else { h.elisionSpare = b } }
+                }
+            case "shared_map_dir":
+                if let s = string(e, key) {
+                    if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path") } else { h.sharedMapDir = s }
                 }
             case "host_swap_size":
                 if let s = size(e, key) {

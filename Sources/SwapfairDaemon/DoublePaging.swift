@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import SwapfairExport
 import SwapfairIO
 import SwapfairTracking
 import SwapfairUblk
@@ -25,6 +26,81 @@ struct TrackedTarget: UblkTarget {
             }
         }
         return result
+    }
+}
+
+/// The host's swap volume with write elision: the device shows the volume less its spare blocks;
+/// each request goes to the physical blocks its slots live in now (a slot a guest shares is
+/// redirected to a spare when the host writes it), and every page the host reads back is kept for
+/// a while so that a guest swap-out of the same bytes can refer to it.
+final class ElidingTarget: UblkTarget, @unchecked Sendable {
+    let inner: VolumeTarget
+    let tracker: DoublePagingTracker
+    let elision: WriteElision
+    let slots: Int
+    /// The queue's scratch for one request's runs (served one at a time, on the queue's thread).
+    private let runs: UnsafeMutableBufferPointer<WriteElision.Run>
+    var size: UInt64 { UInt64(slots) * UInt64(PageDigest.pageSize) }
+
+    init(inner: VolumeTarget, tracker: DoublePagingTracker, elision: WriteElision, slots: Int, maxIOBytes: Int) {
+        self.inner = inner
+        self.tracker = tracker
+        self.elision = elision
+        self.slots = slots
+        runs = .allocate(capacity: max(1, maxIOBytes / PageDigest.pageSize))
+        runs.initialize(repeating: WriteElision.Run(slot: 0, physical: 0, pages: 0, first: 0))
+    }
+
+    deinit { runs.deallocate() }
+
+    func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
+        let page = PageDigest.pageSize
+        switch op {
+        case .read, .write:
+            guard offset % UInt64(page) == 0, length % page == 0, length / page <= runs.count,
+                  offset + UInt64(length) <= size else { return -EINVAL }
+            let n = elision.hostRuns(slot: Int(offset) / page, pages: length / page, write: op == .write, into: runs)
+            var result = Int32(length)
+            for r in runs[0..<n] {
+                let got = inner.serve(op, offset: UInt64(r.physical * page), length: r.pages * page, buffer: buffer + r.first * page)
+                if got < 0 { result = got; break }
+            }
+            let bytes = UnsafeRawBufferPointer(start: buffer, count: length)
+            if op == .write {
+                elision.hostWrote(runs[0..<n], ok: result >= 0)
+                if result >= 0 { tracker.hostSwappedOut(bytes: length) }
+            } else if result >= 0 {
+                let now = monotonicSeconds()
+                tracker.hostSwappedIn(bytes, now: now)
+                elision.hostRead(runs[0..<n], bytes, now: now)
+            }
+            return result
+        case .flush:
+            return inner.serve(.flush, offset: 0, length: 0, buffer: buffer)
+        case .discard:
+            // Slots may live elsewhere and blocks may be shared; a discard is advisory (what a
+            // discarded block reads is unspecified), so it is acknowledged and skipped.
+            return 0
+        case .writeZeroes:
+            return -EOPNOTSUPP  // the kernel then writes zeros as ordinary writes
+        }
+    }
+}
+
+/// Write elision as the guests' exports see it.
+struct ElisionSharing: BlockSharing {
+    let elision: WriteElision
+    func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        elision.guestWrite(vm: vm, offset: offset, bytes, now: monotonicSeconds())
+    }
+    func guestReadsShared(vm: String, offset: UInt64, length: Int) -> Bool {
+        elision.guestReadsShared(vm: vm, offset: offset, length: length)
+    }
+    func guestRead(vm: String, offset: UInt64, length: Int, ownFD: Int32, into: UnsafeMutableRawPointer) -> Int32? {
+        elision.guestRead(vm: vm, offset: offset, length: length, ownFD: ownFD, into: into)
+    }
+    func guestOverwrote(vm: String, offset: UInt64, length: Int) {
+        elision.guestOverwrote(vm: vm, offset: offset, length: length)
     }
 }
 

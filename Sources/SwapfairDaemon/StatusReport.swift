@@ -68,6 +68,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var doublePagingEvents: UInt64?
         public var redundantReadBytes: UInt64?
         public var redundantWriteBytes: UInt64?
+        /// With write elision: guest swap-out bytes recorded as references to the host's blocks
+        /// instead of written, and guest swap-in bytes served from them.
+        public var elidedWriteBytes: UInt64? = nil
+        public var sharedReadBytes: UInt64? = nil
     }
 
     public var daemon: Daemon

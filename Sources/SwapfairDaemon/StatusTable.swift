@@ -38,8 +38,9 @@ public enum StatusTable {
             let tracked = devices.filter { $0.1.doublePagingEvents != nil }
             if !tracked.isEmpty {
                 out += "\ndouble paging (guest swap-outs of pages the host had just swapped in)\n"
-                out += table(["VM", "EVENTS", "REDUNDANT READ", "REDUNDANT WRITE"], tracked.map { name, d in
-                    [name, "\(d.doublePagingEvents ?? 0)", opt(d.redundantReadBytes), opt(d.redundantWriteBytes)]
+                out += table(["VM", "EVENTS", "REDUNDANT READ", "REDUNDANT WRITE", "ELIDED WRITE", "SHARED READ"], tracked.map { name, d in
+                    [name, "\(d.doublePagingEvents ?? 0)", opt(d.redundantReadBytes), opt(d.redundantWriteBytes),
+                     opt(d.elidedWriteBytes), opt(d.sharedReadBytes)]
                 })
             }
         }

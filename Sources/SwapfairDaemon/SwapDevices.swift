@@ -23,6 +23,8 @@ public final class SwapDevices: Sendable {
     public let hostSwap: UblkDevice?
     /// Double paging, seen from both sides: present with the host's swap device.
     public let tracker: DoublePagingTracker?
+    /// Write elision over the host's swap device, when `write_elision` is on.
+    public let elision: WriteElision?
     let hostSwapIDFile: String
     let clients: [String: Int]
     let shares: [String: IOShare]
@@ -63,6 +65,10 @@ public final class SwapDevices: Sendable {
             logger.warning("cannot write the double-paging event log", metadata: ["path": "\(doublePagingEvents)"])
         }
         let observer = tracker.map { Self.guestWrites(into: $0, log: eventLog) }
+        let hostVolume = try Self.hostSwapVolume(c)
+        let elision = try Self.writeElision(c, hostVolume: hostVolume, guests: devices.map { ($0.1.name, $0.2.size) },
+                                            logger: logger)
+        let sharing = elision.map { ElisionSharing(elision: $0.elision) }
         for (index, vm, d) in devices {
             let volume: Volume
             do { volume = try Volume(path: "\(volumes)/\(vm.name).img", size: d.size) } catch { throw .volume(vm.name, error) }
@@ -80,7 +86,7 @@ public final class SwapDevices: Sendable {
             do {
                 let server = try ExportServer(name: vm.name, socketPath: "\(c.host.nbdDir)/\(vm.name).sock", volume: volume,
                                               client: index, engine: engine, pool: pool, access: access, logger: logger,
-                                              writeObserver: observer)
+                                              writeObserver: observer, sharing: sharing)
                 servers[vm.name] = server
             } catch { throw .export(vm.name, error) }
             clients[vm.name] = index
@@ -95,7 +101,10 @@ public final class SwapDevices: Sendable {
         self.shares = shares
         self.tracker = tracker
         hostSwapIDFile = Self.hostSwapIDFile(c)
-        hostSwap = try Self.hostSwapDevice(c, tracker: tracker, logger: logger)
+        self.elision = elision?.elision
+        hostSwap = try hostVolume.flatMap { v throws(Failure) in
+            try Self.hostSwapDevice(c, volume: v, tracker: tracker, elision: elision, logger: logger)
+        }
         engine.start()
         for s in servers.values { s.start() }
     }
@@ -112,23 +121,61 @@ public final class SwapDevices: Sendable {
         }
     }
 
-    /// The host's swap device: `<state_dir>/host-swap.img` as `/dev/ublkbN`. Its queue serves
-    /// requests from preallocated buffers on a thread of its own, so swap-out needs no memory.
-    static func hostSwapDevice(_ c: SwapfairConfiguration, tracker: DoublePagingTracker?, logger: Logger) throws(Failure)
-        -> UblkDevice?
-    {
-        guard c.host.hostSwapSize != nil || c.host.hostSwapDevice != nil, let tracker else { return nil }
+    /// The host's swap volume (`host_swap_device`, or `<state_dir>/host-swap.img`), if configured.
+    static func hostSwapVolume(_ c: SwapfairConfiguration) throws(Failure) -> Volume? {
+        guard c.host.hostSwapSize != nil || c.host.hostSwapDevice != nil else { return nil }
         if let why = UblkDevice.unavailableReason() { throw .hostSwap(why) }
-        let volume: Volume
         do {
-            if let device = c.host.hostSwapDevice {
-                volume = try Volume(device: device)
-            } else {
-                volume = try Volume(path: c.host.stateDir + "/host-swap.img", size: c.host.hostSwapSize ?? 0)
-            }
+            if let device = c.host.hostSwapDevice { return try Volume(device: device) }
+            return try Volume(path: c.host.stateDir + "/host-swap.img", size: c.host.hostSwapSize ?? 0)
         } catch {
             throw .hostSwap("\(error)")
         }
+    }
+
+    /// Write elision's tables (`<shared_map_dir>/host.map`, `vm-NAME.refs`) and state, when on.
+    static func writeElision(_ c: SwapfairConfiguration, hostVolume: Volume?, guests: [(String, UInt64)], logger: Logger)
+        throws(Failure) -> (elision: WriteElision, slots: Int)?
+    {
+        guard c.host.writeElision else { return nil }
+        guard let hostVolume else { throw .hostSwap("write_elision needs the host's swap device (host_swap_device)") }
+        let page = UInt64(PageDigest.pageSize)
+        let physical = Int(hostVolume.size / page)
+        let spare = Int((c.host.elisionSpare ?? hostVolume.size / 8) / page)
+        guard spare >= 1, spare < physical / 2 else {
+            throw .hostSwap("elision_spare must leave at least half of the host swap volume (\(hostVolume.size) bytes) as swap")
+        }
+        let dir = c.host.sharedMapDir
+        do { try FileAccess.makeDirectories(dir, mode: 0o700) } catch { throw .hostSwap("\(error)") }
+        let map: SharedBlockMap
+        do {
+            let host = try BlockTable(path: dir + "/host.map", count: physical - spare)
+            var tables: [String: BlockTable] = [:]
+            for (name, size) in guests { tables[name] = try BlockTable(path: dir + "/vm-\(name).refs", count: Int(size / page)) }
+            map = SharedBlockMap(hostMap: host, physicalBlocks: physical, guests: tables)
+        } catch {
+            throw .hostSwap("\(error)")
+        }
+        let elision = WriteElision(map: map, hostFD: hostVolume.fd)
+        let s = elision.summary()
+        if s.problems.isEmpty {
+            logger.notice("write elision on: shared-block accounting rebuilt from its tables", metadata: [
+                "tables": "\(dir)", "shared_blocks": "\(s.sharedBlocks)", "spare_blocks": "\(s.spareBlocks)",
+                "promised": "\(s.promised)", "swap_slots": "\(physical - spare)",
+            ])
+        } else {
+            logger.error("write elision: the shared-block tables disagree; existing references are served, no new ones are made",
+                         metadata: ["tables": "\(dir)", "problems": "\(s.problems.joined(separator: "; "))"])
+        }
+        return (elision, physical - spare)
+    }
+
+    /// The host's swap device: its volume as `/dev/ublkbN`. Its queue serves requests from
+    /// preallocated buffers on a thread of its own, so swap-out needs no memory.
+    static func hostSwapDevice(_ c: SwapfairConfiguration, volume: Volume, tracker: DoublePagingTracker?,
+                               elision: (elision: WriteElision, slots: Int)?, logger: Logger) throws(Failure) -> UblkDevice?
+    {
+        guard let tracker else { return nil }
         let size = volume.size
         // The device's id, kept so that a daemon restarted after a crash takes the device over
         // (the kernel holds its I/O meanwhile) instead of leaving the swap on it to fail.
@@ -137,8 +184,15 @@ public final class SwapDevices: Sendable {
             UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         do {
-            let device = try UblkDevice(target: TrackedTarget(inner: VolumeTarget(volume: volume), tracker: tracker),
-                                        queueDepth: min(c.host.swapQueueDepth, 128), recover: previous)
+            let maxIO = 512 << 10
+            let target: any UblkTarget = if let elision {
+                ElidingTarget(inner: VolumeTarget(volume: volume), tracker: tracker, elision: elision.elision,
+                              slots: elision.slots, maxIOBytes: maxIO)
+            } else {
+                TrackedTarget(inner: VolumeTarget(volume: volume), tracker: tracker)
+            }
+            let device = try UblkDevice(target: target, queueDepth: min(c.host.swapQueueDepth, 128), maxIOBytes: maxIO,
+                                        recover: previous)
             try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
             logger.notice(device.recovered ? "host swap device taken over from the previous daemon; its held I/O resumes"
                                            : "host swap device ready: swapon it to swap through swapfaird", metadata: [
@@ -173,6 +227,14 @@ public final class SwapDevices: Sendable {
     public func stop(logger: Logger? = nil) {
         for s in servers.values { s.stop() }
         engine.stop()
+        if let elision {
+            let s = elision.summary(check: true)
+            logger?.notice("write elision: shared-block accounting at stop", metadata: [
+                "consistent": "\(s.consistent)", "shared_blocks": "\(s.sharedBlocks)", "spare_blocks": "\(s.spareBlocks)",
+                "redirects": "\(s.redirects)",
+                "elided_bytes": "\(elision.counters().values.reduce(0) { $0 + $1.elidedBytes })",
+            ])
+        }
         if let hostSwap {
             // Pages still in it would be lost with it: take it out of use first.
             if swapfair_swapoff(hostSwap.blockDevicePath) == 0 {
@@ -194,6 +256,7 @@ public final class SwapDevices: Sendable {
     public func report(now: Double) -> [String: StatusReport.SwapDevice] {
         let stats = engine.statistics()
         let paging = tracker?.counters() ?? [:]
+        let elided = elision?.counters() ?? [:]
         let (t0, previous) = lastSample.withLock { s in
             defer { s = (now, stats) }
             return (s.time, s.stats)
@@ -218,7 +281,9 @@ public final class SwapDevices: Sendable {
                 queued: s.queued, inFlight: s.inFlight, iops: iops, bytesPerSecond: bytes, reservationMet: met,
                 doublePagingEvents: tracker.map { _ in paging[name]?.events ?? 0 },
                 redundantReadBytes: tracker.map { _ in paging[name]?.redundantReadBytes ?? 0 },
-                redundantWriteBytes: tracker.map { _ in paging[name]?.redundantWriteBytes ?? 0 })
+                redundantWriteBytes: tracker.map { _ in paging[name]?.redundantWriteBytes ?? 0 },
+                elidedWriteBytes: elision.map { _ in elided[name]?.elidedBytes ?? 0 },
+                sharedReadBytes: elision.map { _ in elided[name]?.sharedReadBytes ?? 0 })
         }
         return out
     }

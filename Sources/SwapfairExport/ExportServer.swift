@@ -40,11 +40,15 @@ public final class ExportServer: Sendable {
     /// Told of every write the guest sends (export name, byte offset, payload) before it is queued:
     /// the guest's swap-outs, for the double-paging tracker.
     let writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)?
+    /// Blocks shared with the host's swap (write elision), when enabled.
+    let sharing: (any BlockSharing)?
 
     public init(name: String, socketPath: String, volume: Volume, client: Int, engine: SwapEngine, pool: BufferPool,
                 access: ExportAccess, logger: Logger,
-                writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)? = nil) throws(SysError) {
+                writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)? = nil,
+                sharing: (any BlockSharing)? = nil) throws(SysError) {
         self.writeObserver = writeObserver
+        self.sharing = sharing
         self.name = name
         self.socketPath = socketPath
         self.volume = volume
@@ -241,6 +245,7 @@ final class Connection: @unchecked Sendable {
         if r.command == .write, let observe = server.writeObserver {
             payload.withUnsafeBytes { observe(server.name, r.offset, $0) }
         }
+        if let sharing = server.sharing, serveShared(r, payload: payload, sharing) { return }
         // At most `window` requests of one connection wait in the engine: a client cannot make
         // the daemon hold unbounded memory, and the scheduler still sees a deep queue per VM.
         window.wait()
@@ -250,6 +255,9 @@ final class Connection: @unchecked Sendable {
             client: server.client, volume: server.volume, op: op, offset: r.offset, length: r.length,
             payload: r.command == .write ? payload : nil
         ) { [self] result, buffer in
+            if result >= 0, let sharing = server.sharing, r.command == .write || r.command == .trim || r.command == .writeZeroes {
+                sharing.guestOverwrote(vm: server.name, offset: r.offset, length: length)
+            }
             let error: NBDErrorCode = result >= 0 ? .success : NBDErrorCode(linuxErrno: -result)
             let reply = if let buffer {
                 Reply(header: simpleReply(cookie: cookie, error: .success), data: buffer, dataLength: length, engine: true)
@@ -258,6 +266,35 @@ final class Connection: @unchecked Sendable {
             }
             complete(reply)
         })
+    }
+
+    /// A write whose every page the host's swap already holds becomes references, with nothing
+    /// to write; a read of blocks that are such references is served from the host's blocks.
+    /// True when the request was answered here.
+    private func serveShared(_ r: NBDRequest, payload: [UInt8], _ sharing: any BlockSharing) -> Bool {
+        switch r.command {
+        case .write:
+            guard payload.withUnsafeBytes({ sharing.guestWrite(vm: server.name, offset: r.offset, $0) }) else { return false }
+            enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .success), data: nil, dataLength: 0))
+            return true
+        case .read:
+            guard sharing.guestReadsShared(vm: server.name, offset: r.offset, length: Int(r.length)) else { return false }
+            let buffer = server.pool.acquire(Int(r.length))
+            guard let n = sharing.guestRead(vm: server.name, offset: r.offset, length: Int(r.length),
+                                            ownFD: server.volume.fd, into: buffer.pointer) else {
+                server.pool.release(buffer)
+                return false
+            }
+            if n >= 0 {
+                enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .success), data: buffer, dataLength: Int(r.length)))
+            } else {
+                server.pool.release(buffer)
+                enqueue(Reply(header: simpleReply(cookie: r.cookie, error: NBDErrorCode(linuxErrno: -n)), data: nil, dataLength: 0))
+            }
+            return true
+        default:
+            return false
+        }
     }
 
     /// An answer from the engine. When nothing else is queued or being written it goes out at once,
@@ -374,4 +411,18 @@ final class Connection: @unchecked Sendable {
         reply.sent = sent
         return outcome
     }
+}
+
+/// Blocks of a VM's swap volume that are references to the host's swap blocks (write elision):
+/// the export asks before it writes or reads, and tells it what the guest overwrote.
+public protocol BlockSharing: Sendable {
+    /// True when the write needs no I/O: its pages are now references.
+    func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool
+    /// Whether any block of the range is a reference.
+    func guestReadsShared(vm: String, offset: UInt64, length: Int) -> Bool
+    /// Reads the range (own blocks from `ownFD`, references from the host's volume); nil when no
+    /// block in it is a reference; else the byte count or -errno.
+    func guestRead(vm: String, offset: UInt64, length: Int, ownFD: Int32, into: UnsafeMutableRawPointer) -> Int32?
+    /// The range holds the guest's own data again (a write, trim or zeroing completed).
+    func guestOverwrote(vm: String, offset: UInt64, length: Int)
 }

@@ -9,12 +9,12 @@ import Glibc
 /// The guest's swap disk: a block device (a swapfair export attached with `nbd-client`, a plain
 /// partition) or a regular file, one 4 KiB block per guest page, written and read with O_DIRECT
 /// where the file system allows it, so that every swap-out and swap-in is real I/O.
-struct BlockFileDisk: GuestSwapDisk {
+final class BlockFileDisk: GuestSwapDisk, @unchecked Sendable {
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
 
-    let fd: FileDescriptor
+    private(set) var fd: FileDescriptor
     let path: String
     let direct: Bool
 
@@ -66,6 +66,18 @@ struct BlockFileDisk: GuestSwapDisk {
                                 into: UnsafeMutableRawBufferPointer(rebasing: page[done...]))
             guard n > 0 else { throw Failure(description: "short read from \(path) at block \(block)") }
             done += n
+        }
+    }
+
+    /// Lets go of the disk (so that, say, the NBD device under it can be detached and attached
+    /// again) until `reopen`.
+    func close() { try? fd.close() }
+
+    func reopen() throws {
+        do {
+            fd = try FileDescriptor.open(path, .readWrite, options: direct ? [.direct] : [], permissions: [.ownerReadWrite])
+        } catch {
+            throw Failure(description: "cannot open the swap disk \(path) again: \(error)")
         }
     }
 }

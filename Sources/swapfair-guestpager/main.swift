@@ -38,6 +38,8 @@ struct GuestPagerCommand: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Flag(help: "At the end, read every page back and check it holds what was last written; exit status 3 on any mismatch.")
     var verify = false
+    @Option(help: "Before the verify pass, close the swap disk, report \"paused\" and wait until this file exists, then open it again (a test restarts the disk's server meanwhile).")
+    var pauseBeforeVerify: String?
 
     func run() throws {
         guard let ramBytes = parseSize(ram), ramBytes >= 16 * 4096 else { throw ValidationError("bad --ram \(ram): at least 64K") }
@@ -138,6 +140,17 @@ struct GuestPagerCommand: ParsableCommand {
                   "guest_faults": c.guestFaults, "swap_outs": c.swapOuts, "swap_ins": c.swapIns, "drops": c.drops,
                   "double_paged": c.doublePaged, "false_reads": c.falseReads, "corrupt": c.corrupt,
                   "fault_p50_us": allFaults.percentile(0.5), "fault_p99_us": allFaults.percentile(0.99)])
+        if let pauseBeforeVerify {
+            swapDisk.close()
+            out.emit(["label": label, "event": "paused", "t": now() - start])
+            let waited = now()
+            while access(pauseBeforeVerify, F_OK) != 0 {
+                guard now() - waited < 900 else { throw ValidationError("\(pauseBeforeVerify) did not appear within 900 s") }
+                usleep(100_000)
+            }
+            try swapDisk.reopen()
+            out.emit(["label": label, "event": "resumed", "t": now() - start])
+        }
         if verify {
             let bad = try pager.verifyAll()
             out.emit(["label": label, "event": "verify", "pages": pageCount, "bad": bad, "swap_ins": pager.counters.swapIns])

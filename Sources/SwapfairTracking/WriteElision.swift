@@ -1,0 +1,269 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Write elision for double paging: a guest swap-out of a page the host just read back from its
+/// swap is not written again; the guest's block refers to the host's physical block instead
+/// (`SharedBlockMap`), which stays put until every reference is gone.
+///
+/// A match is exact: every page the host reads back is copied into a fixed ring of recent pages
+/// (`cachePages`, reserved and locked up front, so serving swap never needs memory), and a guest
+/// page is elided only when its bytes equal the copy of a block whose content has not changed
+/// since (any host write to the block drops its copy first). A digest picks the candidate; it is
+/// never trusted alone.
+public final class WriteElision: @unchecked Sendable {
+    public static let pageSize = PageDigest.pageSize
+    public let window: Double
+    public let cachePages: Int
+    /// The host swap volume, for guest reads of shared blocks.
+    let hostFD: Int32
+    /// The copies, `cachePages` pages.
+    private let copies: UnsafeMutableRawPointer
+
+    struct Cached {
+        var physical: Int32 = -1
+        var time: Double = 0
+        var digest: UInt64 = 0
+    }
+
+    struct State {
+        var map: SharedBlockMap
+        var ring: [Cached]
+        var next = 0
+        var byDigest: [UInt64: Int]
+        var byPhysical: [Int32: Int]
+        var counters: [String: Counters] = [:]
+        var redirects: UInt64 = 0
+    }
+
+    /// What elision did for one VM.
+    public struct Counters: Sendable, Equatable {
+        /// Guest swap-out bytes recorded as references instead of written.
+        public var elidedBytes: UInt64 = 0
+        /// Guest swap-in bytes served from the host's blocks.
+        public var sharedReadBytes: UInt64 = 0
+    }
+
+    private let state: Mutex<State>
+
+    public init(map: SharedBlockMap, hostFD: Int32, window: Double = 0.5, cachePages: Int = 8192) {
+        self.window = window
+        self.cachePages = max(1, cachePages)
+        self.hostFD = hostFD
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 4096, self.cachePages * Self.pageSize) == 0, let raw else {
+            fatalError("cannot reserve \(self.cachePages) pages for write elision")
+        }
+        mlock(raw, self.cachePages * Self.pageSize)
+        copies = raw
+        var byDigest: [UInt64: Int] = [:], byPhysical: [Int32: Int] = [:]
+        byDigest.reserveCapacity(self.cachePages)
+        byPhysical.reserveCapacity(self.cachePages)
+        state = Mutex(State(map: map, ring: Array(repeating: Cached(), count: self.cachePages),
+                            byDigest: byDigest, byPhysical: byPhysical))
+    }
+
+    deinit { free(copies) }
+
+    // MARK: the host's side (its swap device's queue)
+
+    /// A run of pages of one host request that lie in consecutive physical blocks.
+    public struct Run: Sendable, Equatable {
+        public var slot: Int
+        public var physical: Int
+        public var pages: Int
+        /// Page index of the run's first page in the request's buffer.
+        public var first: Int
+        public init(slot: Int, physical: Int, pages: Int, first: Int) {
+            self.slot = slot
+            self.physical = physical
+            self.pages = pages
+            self.first = first
+        }
+    }
+
+    /// Where the host's request for `pages` slots from `slot` goes, as runs written into `runs`
+    /// (room for `pages`; the swap queue's own, so nothing is allocated per request); returns how
+    /// many. For a write, the blocks' old copies are dropped first and shared blocks are redirected
+    /// to spares; the runs must then be given to `hostWrote`.
+    public func hostRuns(slot: Int, pages: Int, write: Bool, into runs: UnsafeMutableBufferPointer<Run>) -> Int {
+        precondition(runs.count >= pages)
+        return state.withLock { s in
+            var n = 0
+            for i in 0..<pages {
+                let slotI = slot + i
+                let p: Int
+                if write {
+                    forget(&s, physical: s.map.physical(ofSlot: slotI))
+                    p = s.map.writeTarget(slot: slotI)
+                    forget(&s, physical: p)
+                } else {
+                    p = s.map.physical(ofSlot: slotI)
+                }
+                if n > 0, runs[n - 1].physical + runs[n - 1].pages == p {
+                    runs[n - 1].pages += 1
+                } else {
+                    runs[n] = Run(slot: slotI, physical: p, pages: 1, first: i)
+                    n += 1
+                }
+            }
+            return n
+        }
+    }
+
+    /// The host's write of `runs` completed (`ok`) or failed.
+    public func hostWrote(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, ok: Bool) {
+        state.withLock { s in
+            for r in runs {
+                for i in 0..<r.pages {
+                    if ok {
+                        if r.physical + i != s.map.physical(ofSlot: r.slot + i) { s.redirects += 1 }
+                        s.map.commitWrite(slot: r.slot + i, target: r.physical + i)
+                    } else {
+                        s.map.abandonWrite(slot: r.slot + i, target: r.physical + i)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The host read `buffer` (the request's pages) from `runs` at `now`: keep copies.
+    public func hostRead(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer, now: Double) {
+        state.withLock { s in
+            for r in runs {
+                for i in 0..<r.pages {
+                    let page = UnsafeRawBufferPointer(rebasing: buffer[((r.first + i) * Self.pageSize)..<((r.first + i + 1) * Self.pageSize)])
+                    guard let d = PageDigest.of(page) else { continue }
+                    let p = Int32(r.physical + i)
+                    forget(&s, physical: Int(p))
+                    let k = s.next
+                    s.next = (s.next + 1) % cachePages
+                    let old = s.ring[k]
+                    if old.physical >= 0 {
+                        if s.byPhysical[old.physical] == k { s.byPhysical[old.physical] = nil }
+                        if s.byDigest[old.digest] == k { s.byDigest[old.digest] = nil }
+                    }
+                    guard let from = page.baseAddress else { continue }
+                    (copies + k * Self.pageSize).copyMemory(from: from, byteCount: Self.pageSize)
+                    s.ring[k] = Cached(physical: p, time: now, digest: d)
+                    s.byPhysical[p] = k
+                    s.byDigest[d] = k
+                }
+            }
+        }
+    }
+
+    private func forget(_ s: inout State, physical p: Int) {
+        guard let k = s.byPhysical.removeValue(forKey: Int32(p)) else { return }
+        if s.byDigest[s.ring[k].digest] == k { s.byDigest[s.ring[k].digest] = nil }
+        s.ring[k].physical = -1
+    }
+
+    // MARK: the guests' side (their swap devices)
+
+    /// VM `vm` writes `bytes` at `offset` (4 KiB aligned) at `now`. True when every page was found
+    /// among the host's recent reads and is now a reference: nothing needs writing. False when
+    /// the request must be written (references it made meanwhile hold the same bytes and are
+    /// released once the write completes, see `guestOverwrote`).
+    public func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer, now: Double) -> Bool {
+        let pages = bytes.count / Self.pageSize
+        guard pages > 0, offset % UInt64(Self.pageSize) == 0, bytes.count % Self.pageSize == 0,
+              let base = bytes.baseAddress else { return false }
+        // Digests outside the lock: they are the costly part.
+        var digests: [UInt64?] = []
+        digests.reserveCapacity(pages)
+        for i in 0..<pages {
+            digests.append(PageDigest.of(UnsafeRawBufferPointer(rebasing: bytes[(i * Self.pageSize)..<((i + 1) * Self.pageSize)])))
+        }
+        let first = Int(offset / UInt64(Self.pageSize))
+        return state.withLock { s in
+            var found: [Int] = []
+            for i in 0..<pages {
+                guard let d = digests[i], let k = s.byDigest[d], s.ring[k].physical >= 0,
+                      now - s.ring[k].time <= window,
+                      memcmp(copies + k * Self.pageSize, base + i * Self.pageSize, Self.pageSize) == 0
+                else { return false }
+                found.append(Int(s.ring[k].physical))
+            }
+            for (i, p) in found.enumerated() where !s.map.refer(vm: vm, block: first + i, to: p) { return false }
+            s.counters[vm, default: Counters()].elidedBytes &+= UInt64(bytes.count)
+            return true
+        }
+    }
+
+    /// VM `vm`'s blocks in `offset..<offset+length` hold their own content again (a write, trim
+    /// or zeroing of them completed).
+    public func guestOverwrote(vm: String, offset: UInt64, length: Int) {
+        let first = Int(offset / UInt64(Self.pageSize)), pages = (length + Self.pageSize - 1) / Self.pageSize
+        state.withLock { s in
+            for b in first..<(first + pages) { s.map.release(vm: vm, block: b) }
+        }
+    }
+
+    /// Whether any of VM `vm`'s blocks in the range is a reference.
+    public func guestReadsShared(vm: String, offset: UInt64, length: Int) -> Bool {
+        let first = Int(offset / UInt64(Self.pageSize)), pages = (length + Self.pageSize - 1) / Self.pageSize
+        return state.withLock { s in
+            (first..<(first + pages)).contains { s.map.reference(vm: vm, block: $0) != nil }
+        }
+    }
+
+    /// Reads VM `vm`'s `length` bytes at `offset` into `buffer` (aligned for direct I/O) when any
+    /// of those blocks is shared: its own blocks from `ownFD`, shared ones from the host's volume.
+    /// Returns nil when none is shared (the caller reads as usual), else bytes read or -errno.
+    public func guestRead(vm: String, offset: UInt64, length: Int, ownFD: Int32, into buffer: UnsafeMutableRawPointer) -> Int32? {
+        guard offset % UInt64(Self.pageSize) == 0, length % Self.pageSize == 0 else { return nil }
+        let first = Int(offset / UInt64(Self.pageSize)), pages = length / Self.pageSize
+        let plan: [Int?]? = state.withLock { s in
+            var plan: [Int?] = []
+            var any = false
+            for b in first..<(first + pages) {
+                let p = s.map.reference(vm: vm, block: b)
+                any = any || p != nil
+                plan.append(p)
+            }
+            if any { s.counters[vm, default: Counters()].sharedReadBytes &+= UInt64(plan.count { $0 != nil } * Self.pageSize) }
+            return any ? plan : nil
+        }
+        guard let plan else { return nil }
+        for (i, p) in plan.enumerated() {
+            let (fd, at) = p.map { (hostFD, off_t($0) * off_t(Self.pageSize)) }
+                ?? (ownFD, off_t(offset) + off_t(i * Self.pageSize))
+            var done = 0
+            while done < Self.pageSize {
+                let n = pread(fd, buffer + i * Self.pageSize + done, Self.pageSize - done, at + off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 { return -errno }
+                if n == 0 {
+                    (buffer + i * Self.pageSize + done).initializeMemory(as: UInt8.self, repeating: 0, count: Self.pageSize - done)
+                    break
+                }
+                done += n
+            }
+        }
+        return Int32(length)
+    }
+
+    // MARK: accounting
+
+    public struct Summary: Sendable, Equatable {
+        public var sharedBlocks: Int
+        public var spareBlocks: Int
+        public var promised: Int
+        public var redirects: UInt64
+        public var problems: [String]
+        public var consistent: Bool
+    }
+
+    /// The shared-block accounting, checked against a rebuild from the tables when `check`.
+    public func summary(check: Bool = false) -> Summary {
+        state.withLock { s in
+            Summary(sharedBlocks: s.map.sharedBlocks, spareBlocks: s.map.spareBlocks, promised: s.map.promised,
+                    redirects: s.redirects, problems: s.map.problems, consistent: check ? s.map.agreesWithTables() : true)
+        }
+    }
+
+    public func counters() -> [String: Counters] { state.withLock { $0.counters } }
+}

@@ -1,0 +1,162 @@
+import Foundation
+import Testing
+import SwapfairIO
+import SwapfairTracking
+import SwapfairUblk
+@testable import SwapfairDaemon
+
+/// Write elision over real files: the host's swap volume behind `ElidingTarget` (as its ublk
+/// queue drives it), a guest's volume behind `ElisionSharing` (as its NBD export drives it), and
+/// the tables on disk, reopened as a restarted daemon would.
+@Suite struct WriteElisionTests {
+    static let page = 4096
+
+    final class Rig {
+        let dir: String
+        let host: Volume, guest: Volume
+        var elision: WriteElision
+        var target: ElidingTarget
+        var sharing: ElisionSharing
+        let buffer: UnsafeMutableRawPointer
+
+        init() throws {
+            dir = FileManager.default.temporaryDirectory.appendingPathComponent("elision-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            host = try Volume(path: dir + "/host.img", size: 64 * 4096)   // 48 slots and 16 spares
+            guest = try Volume(path: dir + "/guest.img", size: 32 * 4096)
+            buffer = UnsafeMutableRawPointer.allocate(byteCount: 8 * 4096, alignment: 4096)
+            (elision, target, sharing) = try Self.open(dir, host, guest)
+        }
+
+        static func open(_ dir: String, _ host: Volume, _ guest: Volume) throws -> (WriteElision, ElidingTarget, ElisionSharing) {
+            let map = SharedBlockMap(hostMap: try BlockTable(path: dir + "/host.map", count: 48), physicalBlocks: 64,
+                                     guests: ["g": try BlockTable(path: dir + "/vm-g.refs", count: 32)])
+            let e = WriteElision(map: map, hostFD: host.fd, window: 60)
+            let t = ElidingTarget(inner: VolumeTarget(volume: host), tracker: DoublePagingTracker(window: 60), elision: e,
+                                  slots: 48, maxIOBytes: 8 * 4096)
+            return (e, t, ElisionSharing(elision: e))
+        }
+
+        /// What a restarted daemon has: the same files, everything else rebuilt.
+        func restart() throws { (elision, target, sharing) = try Self.open(dir, host, guest) }
+
+        deinit {
+            buffer.deallocate()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+
+        static func fill(_ p: UnsafeMutableRawPointer, pages ids: [UInt64]) {
+            for (i, id) in ids.enumerated() {
+                let words = p.advanced(by: i * 4096).bindMemory(to: UInt64.self, capacity: 512)
+                for w in 0..<512 { words[w] = id &* 0x9E37_79B9 &+ UInt64(w) }
+            }
+        }
+
+        func hostWrite(slot: Int, _ ids: [UInt64]) -> Int32 {
+            Self.fill(buffer, pages: ids)
+            return target.serve(.write, offset: UInt64(slot * 4096), length: ids.count * 4096, buffer: buffer)
+        }
+
+        func hostRead(slot: Int, pages: Int) -> [UInt8] {
+            let n = target.serve(.read, offset: UInt64(slot * 4096), length: pages * 4096, buffer: buffer)
+            return n < 0 ? [] : Array(UnsafeRawBufferPointer(start: buffer, count: pages * 4096))
+        }
+
+        func guestWrite(block: Int, _ ids: [UInt64]) -> Bool {
+            var bytes = [UInt8](repeating: 0, count: ids.count * 4096)
+            bytes.withUnsafeMutableBytes { Self.fill($0.baseAddress!, pages: ids) }
+            return bytes.withUnsafeBytes { sharing.guestWrite(vm: "g", offset: UInt64(block * 4096), $0) }
+        }
+
+        /// The guest's block as its export serves it.
+        func guestRead(block: Int, pages: Int = 1) -> [UInt8] {
+            if let n = sharing.guestRead(vm: "g", offset: UInt64(block * 4096), length: pages * 4096, ownFD: guest.fd, into: buffer) {
+                return n < 0 ? [] : Array(UnsafeRawBufferPointer(start: buffer, count: pages * 4096))
+            }
+            return ownBlock(block, pages: pages)
+        }
+
+        func ownBlock(_ block: Int, pages: Int = 1) -> [UInt8] {
+            #expect(pread(guest.fd, buffer, pages * 4096, off_t(block * 4096)) == pages * 4096)
+            return Array(UnsafeRawBufferPointer(start: buffer, count: pages * 4096))
+        }
+
+        static func expected(_ ids: [UInt64]) -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: ids.count * 4096)
+            bytes.withUnsafeMutableBytes { fill($0.baseAddress!, pages: ids) }
+            return bytes
+        }
+    }
+
+    @Test func aGuestSwapOutOfWhatTheHostReadBackIsAReferenceNotAWrite() throws {
+        let r = try Rig()
+        #expect(r.hostWrite(slot: 10, [1, 2, 3]) == 3 * 4096)
+        #expect(r.hostRead(slot: 10, pages: 3) == Rig.expected([1, 2, 3]))
+        #expect(r.guestWrite(block: 4, [2, 3]))
+        // Nothing was written to the guest's volume; its export serves the host's blocks.
+        #expect(r.ownBlock(4, pages: 2) == [UInt8](repeating: 0, count: 2 * 4096))
+        #expect(r.guestRead(block: 4, pages: 2) == Rig.expected([2, 3]))
+        #expect(r.elision.counters()["g"]?.elidedBytes == 2 * 4096)
+        // A write with one page the host never read is written as usual.
+        #expect(!r.guestWrite(block: 8, [3, 99]))
+    }
+
+    /// The host reuses the slot: its write goes to a spare, the guest's content stays put.
+    @Test func theHostsNextWriteOfASharedSlotGoesElsewhere() throws {
+        let r = try Rig()
+        _ = r.hostWrite(slot: 5, [7])
+        _ = r.hostRead(slot: 5, pages: 1)
+        #expect(r.guestWrite(block: 0, [7]))
+        #expect(r.hostWrite(slot: 5, [8]) == 4096)
+        #expect(r.hostRead(slot: 5, pages: 1) == Rig.expected([8]))
+        #expect(r.guestRead(block: 0) == Rig.expected([7]))
+        let s = r.elision.summary(check: true)
+        #expect(s.redirects == 1 && s.sharedBlocks == 1 && s.consistent)
+    }
+
+    /// A copy is dropped the moment the host writes its block: the old bytes are no match.
+    @Test func aBlockTheHostRewroteInPlaceIsNoLongerAMatch() throws {
+        let r = try Rig()
+        _ = r.hostWrite(slot: 3, [4])
+        _ = r.hostRead(slot: 3, pages: 1)
+        _ = r.hostWrite(slot: 3, [5])
+        #expect(!r.guestWrite(block: 1, [4]))
+    }
+
+    /// The guest overwrites its block: the reference goes and the block is its own again.
+    @Test func aGuestOverwriteEndsTheReference() throws {
+        let r = try Rig()
+        _ = r.hostWrite(slot: 2, [6])
+        _ = r.hostRead(slot: 2, pages: 1)
+        #expect(r.guestWrite(block: 9, [6]))
+        r.sharing.guestOverwrote(vm: "g", offset: 9 * 4096, length: 4096)
+        #expect(r.sharing.guestRead(vm: "g", offset: 9 * 4096, length: 4096, ownFD: r.guest.fd, into: r.buffer) == nil)
+        #expect(r.elision.summary().sharedBlocks == 0)
+    }
+
+    /// A restarted daemon rebuilds the accounting from the tables: the same references, the same
+    /// redirects, every page readable as before.
+    @Test func referencesAndRedirectsSurviveARestart() throws {
+        let r = try Rig()
+        _ = r.hostWrite(slot: 0, [11, 12, 13, 14])
+        _ = r.hostRead(slot: 0, pages: 4)
+        #expect(r.guestWrite(block: 20, [11, 12]))
+        #expect(r.guestWrite(block: 30, [14]))
+        _ = r.hostWrite(slot: 0, [21, 22])   // both shared: redirected
+        let before = r.elision.summary(check: true)
+        try r.restart()
+        let after = r.elision.summary(check: true)
+        #expect(after.consistent && after.problems.isEmpty)
+        #expect(after.sharedBlocks == before.sharedBlocks && after.spareBlocks == before.spareBlocks
+                && after.promised == before.promised)
+        #expect(r.guestRead(block: 20, pages: 2) == Rig.expected([11, 12]))
+        #expect(r.guestRead(block: 30) == Rig.expected([14]))
+        #expect(r.hostRead(slot: 0, pages: 4) == Rig.expected([21, 22, 13, 14]))
+    }
+
+    @Test func requestsPastTheDevicesSlotsAreRefused() throws {
+        let r = try Rig()
+        #expect(r.target.size == 48 * 4096)
+        #expect(r.hostWrite(slot: 47, [1, 2]) == -EINVAL)
+    }
+}
