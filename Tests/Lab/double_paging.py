@@ -253,7 +253,7 @@ def main():
     log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, skewed, 30% writes, "
         f"{SECONDS} s; redundant read: host swap-ins that only fed a guest swap-out (truth); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "
-        "as references to the host's blocks instead; reclaim shifting is not built yet)")
+        "as references to the host's blocks instead (elision); reclaim shifting is not built yet)")
     for name, r in results.items():
         v = r["verify"]
         c.check(r["rc"] == 0 and v.get("bad") == 0 and r["summary"].get("corrupt") == 0,
@@ -296,6 +296,9 @@ def main():
         log(f"elision: {mib(elided)} of {mib(want)} guest swap-outs elided; {mib(redundant)} were double-paged by the page "
             f"table ({mib(r['summary'].get('double_paged', 0) * 4096)} by mincore): {100 * elided / max(redundant, 1):.1f}% "
             f"of the redundant writes elided (goal 90%: {'met' if elided >= 0.9 * redundant else 'not met'})")
+        # The goal (90%) is printed above; the check is looser (measured 91.6% in the lab), so that it
+        # catches elision that stopped working rather than a run's variation.
+        c.check(elided >= 0.7 * redundant, f"elision: at least 70% of the redundant writes elided ({100 * elided / max(redundant, 1):.1f}%)")
         c.check(elided > 0 and r.get("served_write", 0) + elided >= want,
                 f"elision: every guest swap-out was written or elided ({mib(r.get('served_write', 0))} written + "
                 f"{mib(elided)} elided, {mib(want)} swapped out)")
