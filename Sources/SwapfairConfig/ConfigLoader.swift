@@ -174,6 +174,9 @@ struct Validator {
             default: problem(e.line, key, "unknown key" + suggestion(e.key, ConfigLoader.hostKeys))
             }
         }
+        if h.writeElision && h.hostSwapDevice == nil && h.hostSwapSize == nil {
+            problem(t.line, "host.write_elision", "needs the host's swap device served by swapfaird (host_swap_device)")
+        }
         if case .bytes(0) = h.memoryBudget { problem(t.line, "host.memory_budget", "must be more than 0") }
         if case .percent(0) = h.memoryBudget { problem(t.line, "host.memory_budget", "must be more than 0%") }
         let budget = h.memoryBudget.resolve(against: facts.memoryTotal)

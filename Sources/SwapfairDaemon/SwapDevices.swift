@@ -51,7 +51,8 @@ public final class SwapDevices: Sendable {
     public init(configuration c: SwapfairConfiguration, logger: Logger, doublePagingEvents: String? = nil) throws(Failure) {
         let devices = c.vms.enumerated().compactMap { i, vm in vm.swapDevice.map { (i, vm, $0) } }
         // Buffers for every request in flight, and for reads whose data is still being sent.
-        pool = BufferPool(count: c.host.swapQueueDepth * 2, bufferSize: 1 << 20)
+        // (A host swap device alone needs none: its queue has buffers of its own.)
+        pool = BufferPool(count: devices.isEmpty ? 1 : c.host.swapQueueDepth * 2, bufferSize: devices.isEmpty ? 4096 : 1 << 20)
         do { engine = try SwapEngine(queueDepth: c.host.swapQueueDepth, pool: pool) } catch { throw .engine(error) }
         let volumes = c.host.stateDir + "/volumes"
         do {

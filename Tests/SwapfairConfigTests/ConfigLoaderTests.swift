@@ -94,6 +94,11 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         (#"[host]\#nhost_swap_size = 1000"#, "must be at least 1M and a multiple of 4K"),
         (#"[host]\#nhost_swap_device = "sdb3""#, "host.host_swap_device: must be an absolute path to a block device"),
         (#"[host]\#nhost_swap_size = "1G"\#nhost_swap_device = "/dev/sdb3""#, "give one of host_swap_size and host_swap_device"),
+        (#"[host]\#nwrite_elision = true"#, "host.write_elision: needs the host's swap device"),
+        (#"[host]\#nhost_swap_device = "/dev/sdb3"\#nwrite_elision = "yes""#, "host.write_elision: must be true or false"),
+        (#"[host]\#nhost_swap_device = "/dev/sdb3"\#nelision_spare = "10%""#, "host.elision_spare: must be a size"),
+        (#"[host]\#nshared_map_dir = "run/shared""#, "host.shared_map_dir: must be an absolute path"),
+        (#"[host]\#nwrite_elisoin = true"#, "write_elision"),
     ])
     func badConfigurationsAreRefusedWithTheirLineAndKey(text: String, expected: String) {
         do {
