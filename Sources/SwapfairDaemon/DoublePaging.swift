@@ -60,6 +60,7 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
             guard offset % UInt64(page) == 0, length % page == 0, length / page <= runs.count,
                   offset + UInt64(length) <= size else { return -EINVAL }
             let n = elision.hostRuns(slot: Int(offset) / page, pages: length / page, write: op == .write, into: runs)
+            guard n >= 0 else { return -EIO }
             var result = Int32(length)
             for r in runs[0..<n] {
                 let got = inner.serve(op, offset: UInt64(r.physical * page), length: r.pages * page, buffer: buffer + r.first * page)

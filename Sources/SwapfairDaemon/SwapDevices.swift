@@ -138,7 +138,19 @@ public final class SwapDevices: Sendable {
     static func writeElision(_ c: SwapfairConfiguration, hostVolume: Volume?, guests: [(String, UInt64)], logger: Logger)
         throws(Failure) -> (elision: WriteElision, slots: Int)?
     {
-        guard c.host.writeElision else { return nil }
+        guard c.host.writeElision else {
+            // Turned off while guests share blocks: the host's slots may live elsewhere and guests'
+            // pages in the host's blocks; serving without the map would hand out wrong pages.
+            if hostVolume != nil, BlockTable.holdsEntries(at: c.host.sharedMapDir + "/host.map")
+                || ((try? FileManager.default.contentsOfDirectory(atPath: c.host.sharedMapDir)) ?? []).contains(where: {
+                    $0.hasSuffix(".refs") && BlockTable.holdsEntries(at: c.host.sharedMapDir + "/" + $0) })
+            {
+                throw .hostSwap("write_elision is off but \(c.host.sharedMapDir) records shared blocks from when it was on; "
+                    + "turn it on again (the pages in them would be served wrong), or remove the tables once no guest and "
+                    + "no host swap uses them (after a reboot they are gone anyway)")
+            }
+            return nil
+        }
         guard let hostVolume else { throw .hostSwap("write_elision needs the host's swap device (host_swap_device)") }
         let page = UInt64(PageDigest.pageSize)
         let physical = Int(hostVolume.size / page)
@@ -153,6 +165,15 @@ public final class SwapDevices: Sendable {
             let host = try BlockTable(path: dir + "/host.map", count: physical - spare)
             var tables: [String: BlockTable] = [:]
             for (name, size) in guests { tables[name] = try BlockTable(path: dir + "/vm-\(name).refs", count: Int(size / page)) }
+            // Tables of VMs no longer configured still hold blocks: they count, or the host would
+            // reuse blocks that such a VM, configured again, reads its pages from.
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+            for f in files where f.hasPrefix("vm-") && f.hasSuffix(".refs") {
+                let name = String(f.dropFirst(3).dropLast(5))
+                guard tables[name] == nil, let count = BlockTable.entries(at: dir + "/" + f), count > 0 else { continue }
+                tables[name] = try BlockTable(path: dir + "/" + f, count: count)
+                logger.notice("write elision: kept the references of a VM that is no longer configured", metadata: ["vm": "\(name)"])
+            }
             map = SharedBlockMap(hostMap: host, physicalBlocks: physical, guests: tables)
         } catch {
             throw .hostSwap("\(error)")

@@ -279,17 +279,23 @@ final class Connection: @unchecked Sendable {
             return true
         case .read:
             guard sharing.guestReadsShared(vm: server.name, offset: r.offset, length: Int(r.length)) else { return false }
+            // Within the connection's window like an engine request, so that a client that does
+            // not read its replies cannot hold the pool's buffers.
+            window.wait()
             let buffer = server.pool.acquire(Int(r.length))
             guard let n = sharing.guestRead(vm: server.name, offset: r.offset, length: Int(r.length),
                                             ownFD: server.volume.fd, into: buffer.pointer) else {
                 server.pool.release(buffer)
+                window.signal()
                 return false
             }
             if n >= 0 {
-                enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .success), data: buffer, dataLength: Int(r.length)))
+                enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .success), data: buffer, dataLength: Int(r.length),
+                              engine: true))
             } else {
                 server.pool.release(buffer)
-                enqueue(Reply(header: simpleReply(cookie: r.cookie, error: NBDErrorCode(linuxErrno: -n)), data: nil, dataLength: 0))
+                enqueue(Reply(header: simpleReply(cookie: r.cookie, error: NBDErrorCode(linuxErrno: -n)), data: nil,
+                              dataLength: 0, engine: true))
             }
             return true
         default:

@@ -18,8 +18,10 @@ public final class BlockTable: @unchecked Sendable {
         case cannotOpen(String, Int32)
         case cannotMap(String, Int32)
         case wrongSize(String, have: Int, want: Int)
+        case cannotLock(String, Int32)
         public var description: String {
             switch self {
+            case .cannotLock(let p, let e): return "cannot lock the block table \(p) in memory: \(String(cString: strerror(e)))"
             case .cannotOpen(let p, let e): return "cannot open the block table \(p): \(String(cString: strerror(e)))"
             case .cannotMap(let p, let e): return "cannot map the block table \(p): \(String(cString: strerror(e)))"
             case .wrongSize(let p, let have, let want):
@@ -47,7 +49,12 @@ public final class BlockTable: @unchecked Sendable {
         if Int(st.st_size) != want && ftruncate(fd, off_t(want)) != 0 { throw .cannotOpen(path, errno) }
         let p = mmap(nil, want, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0)
         guard let p, p != MAP_FAILED else { throw .cannotMap(path, errno) }
-        mlock(p, want)
+        // Swapped out, the table would wait on the very device it describes.
+        guard mlock(p, want) == 0 else {
+            let e = errno
+            munmap(p, want)
+            throw .cannotLock(path, e)
+        }
         self.base = p.bindMemory(to: UInt32.self, capacity: max(1, count))
         self.bytes = want
         self.count = count
@@ -70,6 +77,23 @@ public final class BlockTable: @unchecked Sendable {
     public subscript(i: Int) -> UInt32 {
         get { base[i] }
         set { base[i] = newValue }
+    }
+
+    /// The number of entries of the table at `path`, nil if there is none.
+    public static func entries(at path: String) -> Int? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Int(st.st_size) / 4
+    }
+
+    /// Whether the table at `path` exists and records anything.
+    public static func holdsEntries(at path: String) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var st = stat()
+        fstat(fd, &st)
+        return !allZero(fd: fd, size: Int(st.st_size))
     }
 
     private static func allZero(fd: Int32, size: Int) -> Bool {

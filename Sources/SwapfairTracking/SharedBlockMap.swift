@@ -26,6 +26,8 @@ public struct SharedBlockMap: Sendable {
     var owner: [UInt32]
     /// Physical blocks nobody uses: the spares for redirects.
     var spare: [UInt32]
+    /// References each VM holds (most hold none: their reads and writes skip the map).
+    var held: [String: Int]
     /// Referenced blocks the host still maps: each may need one spare.
     public private(set) var promised = 0
     /// What the rebuild found wrong; non-empty means no new references are made.
@@ -41,6 +43,7 @@ public struct SharedBlockMap: Sendable {
         owner = Array(repeating: 0, count: physicalBlocks)
         spare = []
         spare.reserveCapacity(physicalBlocks)
+        held = Dictionary(uniqueKeysWithValues: guests.keys.map { ($0, 0) })
         for s in 0..<hostSlots {
             let e = hostMap[s]
             let p = e == 0 ? s : Int(e) - 1
@@ -60,6 +63,7 @@ public struct SharedBlockMap: Sendable {
                 let p = Int(table[b]) - 1
                 if p >= physicalBlocks || refs[p] == UInt16.max { bad += 1; continue }
                 refs[p] += 1
+                held[vm, default: 0] += 1
             }
             if bad > 0 { problems.append("\(bad) blocks of VM \(vm) refer past the host volume") }
         }
@@ -85,15 +89,30 @@ public struct SharedBlockMap: Sendable {
     public var sharedBlocks: Int { refs.reduce(0) { $0 + ($1 > 0 ? 1 : 0) } }
     public var spareBlocks: Int { spare.count }
 
+    /// Whether VM `vm` holds any reference.
+    public func holdsReferences(_ vm: String) -> Bool { (held[vm] ?? 0) > 0 }
+
     /// The block the host's write of slot `s` must go to: its own, or a spare when a guest refers
-    /// to it. A spare taken here must be given to `commitWrite` or `abandonWrite`.
-    public mutating func writeTarget(slot s: Int) -> Int {
+    /// to it; nil when there is none (only tables that failed their rebuild get here: the write
+    /// then fails rather than overwrite a guest's page). A spare taken here must be given to
+    /// `commitWrite` or `abandonWrite`.
+    public mutating func writeTarget(slot s: Int) -> Int? {
         let p = physical(ofSlot: s)
+        guard p < physicalBlocks else { return nil }
         guard refs[p] > 0 else { return p }
         // The promise made when the first reference came guarantees a spare.
-        guard let q = spare.popLast() else { preconditionFailure("no spare for a promised redirect") }
+        guard let q = spare.popLast() else { return nil }
         return Int(q)
     }
+
+    /// Keeps block `p`, which a guest block refers to, from reuse while it is being read.
+    public mutating func pin(_ p: Int) -> Bool {
+        guard p < physicalBlocks, refs[p] > 0, refs[p] < UInt16.max else { return false }
+        refs[p] += 1
+        return true
+    }
+
+    public mutating func unpin(_ p: Int) { drop(p) }
 
     /// The write of slot `s` to block `target` completed.
     public mutating func commitWrite(slot s: Int, target: Int) {
@@ -125,7 +144,7 @@ public struct SharedBlockMap: Sendable {
         refs[p] += 1
         let old = table[b]
         table[b] = UInt32(p + 1)
-        if old != 0 { drop(Int(old) - 1) }
+        if old != 0 { drop(Int(old) - 1) } else { held[vm, default: 0] += 1 }
         return true
     }
 
@@ -140,6 +159,7 @@ public struct SharedBlockMap: Sendable {
         guard let table = guests[vm], b < table.count, table[b] != 0 else { return }
         let p = Int(table[b]) - 1
         table[b] = 0
+        held[vm, default: 1] -= 1
         drop(p)
     }
 
@@ -154,7 +174,7 @@ public struct SharedBlockMap: Sendable {
     /// restarted daemon (and the tests) make of the shared-block accounting.
     public func agreesWithTables() -> Bool {
         let fresh = SharedBlockMap(hostMap: hostMap, physicalBlocks: physicalBlocks, guests: guests)
-        return fresh.refs == refs && fresh.owner == owner && fresh.promised == promised
+        return fresh.refs == refs && fresh.owner == owner && fresh.promised == promised && fresh.held == held
             && Set(fresh.spare) == Set(spare) && fresh.problems == problems
     }
 }

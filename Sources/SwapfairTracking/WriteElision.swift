@@ -61,8 +61,10 @@ public final class WriteElision: @unchecked Sendable {
         var byDigest: [UInt64: Int] = [:], byPhysical: [Int32: Int] = [:]
         byDigest.reserveCapacity(self.cachePages)
         byPhysical.reserveCapacity(self.cachePages)
+        // Every VM's counters exist from the start: nothing is inserted while the lock is held.
+        let counters = Dictionary(uniqueKeysWithValues: map.guests.keys.map { ($0, Counters()) })
         state = Mutex(State(map: map, ring: Array(repeating: Cached(), count: self.cachePages),
-                            byDigest: byDigest, byPhysical: byPhysical))
+                            byDigest: byDigest, byPhysical: byPhysical, counters: counters))
     }
 
     deinit { free(copies) }
@@ -87,7 +89,8 @@ public final class WriteElision: @unchecked Sendable {
     /// Where the host's request for `pages` slots from `slot` goes, as runs written into `runs`
     /// (room for `pages`; the swap queue's own, so nothing is allocated per request); returns how
     /// many. For a write, the blocks' old copies are dropped first and shared blocks are redirected
-    /// to spares; the runs must then be given to `hostWrote`.
+    /// to spares; the runs must then be given to `hostWrote`. A write whose block cannot be chosen
+    /// (tables that failed their rebuild) returns -1 with nothing taken: it must fail.
     public func hostRuns(slot: Int, pages: Int, write: Bool, into runs: UnsafeMutableBufferPointer<Run>) -> Int {
         precondition(runs.count >= pages)
         return state.withLock { s in
@@ -97,7 +100,14 @@ public final class WriteElision: @unchecked Sendable {
                 let p: Int
                 if write {
                     forget(&s, physical: s.map.physical(ofSlot: slotI))
-                    p = s.map.writeTarget(slot: slotI)
+                    guard let target = s.map.writeTarget(slot: slotI) else {
+                        // Give back the spares taken for the pages before this one.
+                        for r in runs[0..<n] {
+                            for k in 0..<r.pages { s.map.abandonWrite(slot: r.slot + k, target: r.physical + k) }
+                        }
+                        return -1
+                    }
+                    p = target
                     forget(&s, physical: p)
                 } else {
                     p = s.map.physical(ofSlot: slotI)
@@ -178,8 +188,9 @@ public final class WriteElision: @unchecked Sendable {
             digests.append(PageDigest.of(UnsafeRawBufferPointer(rebasing: bytes[(i * Self.pageSize)..<((i + 1) * Self.pageSize)])))
         }
         let first = Int(offset / UInt64(Self.pageSize))
+        var found: [Int] = []
+        found.reserveCapacity(pages)
         return state.withLock { s in
-            var found: [Int] = []
             for i in 0..<pages {
                 guard let d = digests[i], let k = s.byDigest[d], s.ring[k].physical >= 0,
                       now - s.ring[k].time <= window,
@@ -188,7 +199,7 @@ public final class WriteElision: @unchecked Sendable {
                 found.append(Int(s.ring[k].physical))
             }
             for (i, p) in found.enumerated() where !s.map.refer(vm: vm, block: first + i, to: p) { return false }
-            s.counters[vm, default: Counters()].elidedBytes &+= UInt64(bytes.count)
+            s.counters[vm]?.elidedBytes &+= UInt64(bytes.count)
             return true
         }
     }
@@ -197,8 +208,17 @@ public final class WriteElision: @unchecked Sendable {
     /// or zeroing of them completed).
     public func guestOverwrote(vm: String, offset: UInt64, length: Int) {
         let first = Int(offset / UInt64(Self.pageSize)), pages = (length + Self.pageSize - 1) / Self.pageSize
-        state.withLock { s in
-            for b in first..<(first + pages) { s.map.release(vm: vm, block: b) }
+        // In chunks, so that a trim of gigabytes does not hold up the host's swap for long.
+        var b = first
+        while b < first + pages {
+            let end = min(first + pages, b + 4096)
+            let more = state.withLock { s -> Bool in
+                guard s.map.holdsReferences(vm) else { return false }
+                for block in b..<end { s.map.release(vm: vm, block: block) }
+                return true
+            }
+            if !more { return }
+            b = end
         }
     }
 
@@ -206,7 +226,7 @@ public final class WriteElision: @unchecked Sendable {
     public func guestReadsShared(vm: String, offset: UInt64, length: Int) -> Bool {
         let first = Int(offset / UInt64(Self.pageSize)), pages = (length + Self.pageSize - 1) / Self.pageSize
         return state.withLock { s in
-            (first..<(first + pages)).contains { s.map.reference(vm: vm, block: $0) != nil }
+            s.map.holdsReferences(vm) && (first..<(first + pages)).contains { s.map.reference(vm: vm, block: $0) != nil }
         }
     }
 
@@ -216,21 +236,25 @@ public final class WriteElision: @unchecked Sendable {
     public func guestRead(vm: String, offset: UInt64, length: Int, ownFD: Int32, into buffer: UnsafeMutableRawPointer) -> Int32? {
         guard offset % UInt64(Self.pageSize) == 0, length % Self.pageSize == 0 else { return nil }
         let first = Int(offset / UInt64(Self.pageSize)), pages = length / Self.pageSize
-        let plan: [Int?]? = state.withLock { s in
-            var plan: [Int?] = []
-            var any = false
-            for b in first..<(first + pages) {
-                let p = s.map.reference(vm: vm, block: b)
-                any = any || p != nil
-                plan.append(p)
+        // -1: the guest's own block; else the host block, pinned until it has been read (the
+        // reference may go meanwhile, and its block must not be reused under this read).
+        var plan = [Int](repeating: -1, count: pages)
+        let any = state.withLock { s -> Bool in
+            guard s.map.holdsReferences(vm) else { return false }
+            var shared = 0
+            for i in 0..<pages {
+                if let p = s.map.reference(vm: vm, block: first + i), s.map.pin(p) {
+                    plan[i] = p
+                    shared += 1
+                }
             }
-            if any { s.counters[vm, default: Counters()].sharedReadBytes &+= UInt64(plan.count { $0 != nil } * Self.pageSize) }
-            return any ? plan : nil
+            s.counters[vm]?.sharedReadBytes &+= UInt64(shared * Self.pageSize)
+            return shared > 0
         }
-        guard let plan else { return nil }
+        guard any else { return nil }
+        defer { state.withLock { s in for p in plan where p >= 0 { s.map.unpin(p) } } }
         for (i, p) in plan.enumerated() {
-            let (fd, at) = p.map { (hostFD, off_t($0) * off_t(Self.pageSize)) }
-                ?? (ownFD, off_t(offset) + off_t(i * Self.pageSize))
+            let (fd, at) = p >= 0 ? (hostFD, off_t(p) * off_t(Self.pageSize)) : (ownFD, off_t(offset) + off_t(i * Self.pageSize))
             var done = 0
             while done < Self.pageSize {
                 let n = pread(fd, buffer + i * Self.pageSize + done, Self.pageSize - done, at + off_t(done))

@@ -3,6 +3,8 @@ import Testing
 import SwapfairIO
 import SwapfairTracking
 import SwapfairUblk
+import SwapfairConfig
+import Logging
 @testable import SwapfairDaemon
 
 /// Write elision over real files: the host's swap volume behind `ElidingTarget` (as its ublk
@@ -158,5 +160,56 @@ import SwapfairUblk
         let r = try Rig()
         #expect(r.target.size == 48 * 4096)
         #expect(r.hostWrite(slot: 47, [1, 2]) == -EINVAL)
+    }
+}
+
+/// What the daemon makes of the tables it finds at start.
+@Suite struct WriteElisionStartTests {
+    static func config(_ dir: String, elision: Bool) throws -> SwapfairConfiguration {
+        try ConfigLoader.parse("""
+            [host]
+            state_dir = "\(dir)"
+            host_swap_device = "/dev/null"
+            write_elision = \(elision)
+            shared_map_dir = "\(dir)/shared"
+            """, source: "test.toml", facts: HostFacts(memoryTotal: 8 << 30, swapTotal: 8 << 30))
+    }
+
+    @Test func theReferencesOfAVMNoLongerConfiguredStillCount() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("elision-start-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir + "/shared", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let host = try Volume(path: dir + "/host.img", size: 64 * 4096)
+        do {
+            let old = try BlockTable(path: dir + "/shared/vm-gone.refs", count: 16)
+            old[3] = 5 + 1   // block 3 of VM "gone" refers to host block 5
+        }
+        let logger = Logger(label: "test")
+        guard let e = try SwapDevices.writeElision(try Self.config(dir, elision: true), hostVolume: host, guests: [("here", 32 * 4096)],
+                                                   logger: logger) else { Issue.record("no elision"); return }
+        let s = e.elision.summary(check: true)
+        #expect(s.sharedBlocks == 1 && s.promised == 1 && s.problems.isEmpty && s.consistent)
+        #expect(e.slots == 56)
+    }
+
+    @Test func turningElisionOffWhileBlocksAreSharedIsRefused() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("elision-off-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir + "/shared", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let host = try Volume(path: dir + "/host.img", size: 64 * 4096)
+        let logger = Logger(label: "test")
+        // Empty tables: nothing shared, off is fine.
+        _ = try BlockTable(path: dir + "/shared/vm-a.refs", count: 16)
+        #expect(try SwapDevices.writeElision(try Self.config(dir, elision: false), hostVolume: host, guests: [], logger: logger) == nil)
+        do {
+            let t = try BlockTable(path: dir + "/shared/vm-a.refs", count: 16)
+            t[0] = 1
+        }
+        do {
+            _ = try SwapDevices.writeElision(try Self.config(dir, elision: false), hostVolume: host, guests: [], logger: logger)
+            Issue.record("elision off over shared blocks was accepted")
+        } catch {
+            #expect("\(error)".contains("write_elision is off"))
+        }
     }
 }

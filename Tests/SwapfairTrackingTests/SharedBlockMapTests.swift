@@ -12,7 +12,7 @@ import SwapfairTracking
         #expect(m.spareBlocks == 4 && m.physical(ofSlot: 3) == 3)
         do { let ok = m.refer(vm: "a", block: 5, to: 3); #expect(ok) }
         #expect(m.promised == 1 && m.reference(vm: "a", block: 5) == 3)
-        let target = m.writeTarget(slot: 3)
+        guard let target = m.writeTarget(slot: 3) else { Issue.record("no block for slot 3"); return }
         #expect(target != 3 && target >= 8)
         m.commitWrite(slot: 3, target: target)
         #expect(m.physical(ofSlot: 3) == target && m.promised == 0 && m.spareBlocks == 3)
@@ -25,7 +25,7 @@ import SwapfairTracking
 
     @Test func anUnsharedSlotIsWrittenInPlace() {
         var m = Self.map()
-        let t = m.writeTarget(slot: 2)
+        guard let t = m.writeTarget(slot: 2) else { Issue.record("no block for slot 2"); return }
         #expect(t == 2)
         m.commitWrite(slot: 2, target: t)
         #expect(m.physical(ofSlot: 2) == 2 && m.spareBlocks == 4)
@@ -53,7 +53,7 @@ import SwapfairTracking
     @Test func referencesDroppedDuringARedirectLeaveTheAccountingExact() {
         var m = Self.map()
         do { let ok = m.refer(vm: "a", block: 1, to: 6); #expect(ok) }
-        let t = m.writeTarget(slot: 6)
+        guard let t = m.writeTarget(slot: 6) else { Issue.record("no block for slot 6"); return }
         m.release(vm: "a", block: 1)
         m.commitWrite(slot: 6, target: t)
         #expect(m.promised == 0 && m.spareBlocks == 4 && m.agreesWithTables())
@@ -69,7 +69,7 @@ import SwapfairTracking
             switch next(3) {
             case 0:
                 let s = next(32)
-                let t = m.writeTarget(slot: s)
+                guard let t = m.writeTarget(slot: s) else { Issue.record("no block for slot s"); return }
                 if next(10) == 0 { m.abandonWrite(slot: s, target: t) } else { m.commitWrite(slot: s, target: t) }
             case 1: _ = m.refer(vm: "a", block: next(64), to: m.physical(ofSlot: next(32)))
             default: m.release(vm: "a", block: next(64))
@@ -78,6 +78,31 @@ import SwapfairTracking
             #expect(m.promised <= m.spareBlocks)
         }
         #expect(m.agreesWithTables())
+    }
+
+    /// A block being read for a guest is not reused even if its last reference goes meanwhile.
+    @Test func aPinnedBlockIsNotReusedUntilUnpinned() {
+        var m = Self.map()
+        do { let ok = m.refer(vm: "a", block: 0, to: 2); #expect(ok) }
+        guard let t = m.writeTarget(slot: 2) else { Issue.record("no spare"); return }
+        m.commitWrite(slot: 2, target: t)       // block 2 is now only the guest's
+        do { let ok = m.pin(2); #expect(ok) }
+        m.release(vm: "a", block: 0)
+        let sparesWhilePinned = m.spareBlocks
+        m.unpin(2)
+        #expect(m.spareBlocks == sparesWhilePinned + 1 && m.references(2) == 0)
+    }
+
+    /// Tables whose promises exceed the spares (tampered, or from another configuration): a host
+    /// write that would need a spare fails instead of overwriting a guest's page.
+    @Test func withoutASpareTheHostsWriteFailsRatherThanOverwrite() {
+        let host = BlockTable(anonymous: 8), guest = BlockTable(anonymous: 8)
+        for b in 0..<3 { guest[b] = UInt32(b + 1) }   // three host-owned blocks shared, one spare
+        var m = SharedBlockMap(hostMap: host, physicalBlocks: 9, guests: ["a": guest])
+        #expect(!m.problems.isEmpty)
+        let first = m.writeTarget(slot: 0), second = m.writeTarget(slot: 1)
+        #expect(first == 8 && second == nil)
+        #expect(m.writeTarget(slot: 5) == 5)
     }
 
     @Test func tablesThatContradictThemselvesStopNewReferences() {
