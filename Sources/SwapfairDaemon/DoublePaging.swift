@@ -91,8 +91,12 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
 /// Write elision as the guests' exports see it.
 struct ElisionSharing: BlockSharing {
     let elision: WriteElision
-    func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        elision.guestWrite(vm: vm, offset: offset, bytes, now: monotonicSeconds())
+    func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> SharedWrite {
+        switch elision.guestWrite(vm: vm, offset: offset, bytes, now: monotonicSeconds()) {
+        case .none: return .writeAll
+        case .all: return .writeNone
+        case .pages(let elided): return .writeSome(elided: elided)
+        }
     }
     func guestReadsShared(vm: String, offset: UInt64, length: Int) -> Bool {
         elision.guestReadsShared(vm: vm, offset: offset, length: length)

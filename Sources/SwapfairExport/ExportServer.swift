@@ -274,9 +274,16 @@ final class Connection: @unchecked Sendable {
     private func serveShared(_ r: NBDRequest, payload: [UInt8], _ sharing: any BlockSharing) -> Bool {
         switch r.command {
         case .write:
-            guard payload.withUnsafeBytes({ sharing.guestWrite(vm: server.name, offset: r.offset, $0) }) else { return false }
-            enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .success), data: nil, dataLength: 0))
-            return true
+            switch payload.withUnsafeBytes({ sharing.guestWrite(vm: server.name, offset: r.offset, $0) }) {
+            case .writeAll:
+                return false
+            case .writeNone:
+                enqueue(Reply(header: simpleReply(cookie: r.cookie, error: .success), data: nil, dataLength: 0))
+                return true
+            case .writeSome(let elided):
+                writeRuns(r, payload: payload, elided: elided, sharing)
+                return true
+            }
         case .read:
             guard sharing.guestReadsShared(vm: server.name, offset: r.offset, length: Int(r.length)) else { return false }
             // Within the connection's window like an engine request, so that a client that does
@@ -300,6 +307,42 @@ final class Connection: @unchecked Sendable {
             return true
         default:
             return false
+        }
+    }
+
+    /// Writes the pages of `r` that are not references, a run of consecutive pages per engine
+    /// request, and answers once all of them completed (with the first error, if any).
+    private func writeRuns(_ r: NBDRequest, payload: [UInt8], elided: [Bool], _ sharing: any BlockSharing) {
+        let page = 4096
+        var runs: [Range<Int>] = []
+        var i = 0
+        while i < elided.count {
+            if elided[i] { i += 1; continue }
+            var j = i
+            while j < elided.count && !elided[j] { j += 1 }
+            runs.append(i..<j)
+            i = j
+        }
+        window.wait()
+        outbox.withLock { $0.inFlight += 1 }
+        let join = Mutex((remaining: runs.count, error: Int32(0)))
+        let cookie = r.cookie, fua = r.commandFlags.contains(.fua)
+        for run in runs {
+            let offset = r.offset + UInt64(run.lowerBound * page), length = run.count * page
+            server.engine.submit(BlockRequest(
+                client: server.client, volume: server.volume, op: .write(fua: fua), offset: offset, length: UInt32(length),
+                payload: Array(payload[(run.lowerBound * page)..<(run.upperBound * page)])
+            ) { [self] result, _ in
+                if result >= 0 { sharing.guestOverwrote(vm: server.name, offset: offset, length: length) }
+                let (last, error) = join.withLock { j -> (Bool, Int32) in
+                    j.remaining -= 1
+                    if result < 0 && j.error == 0 { j.error = result }
+                    return (j.remaining == 0, j.error)
+                }
+                guard last else { return }
+                let code: NBDErrorCode = error == 0 ? .success : NBDErrorCode(linuxErrno: -error)
+                complete(Reply(header: simpleReply(cookie: cookie, error: code), data: nil, dataLength: 0, engine: true))
+            })
         }
     }
 
@@ -422,8 +465,8 @@ final class Connection: @unchecked Sendable {
 /// Blocks of a VM's swap volume that are references to the host's swap blocks (write elision):
 /// the export asks before it writes or reads, and tells it what the guest overwrote.
 public protocol BlockSharing: Sendable {
-    /// True when the write needs no I/O: its pages are now references.
-    func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool
+    /// Which of the write's pages are now references, needing no I/O.
+    func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> SharedWrite
     /// Whether any block of the range is a reference.
     func guestReadsShared(vm: String, offset: UInt64, length: Int) -> Bool
     /// Reads the range (own blocks from `ownFD`, references from the host's volume); nil when no
@@ -431,4 +474,12 @@ public protocol BlockSharing: Sendable {
     func guestRead(vm: String, offset: UInt64, length: Int, ownFD: Int32, into: UnsafeMutableRawPointer) -> Int32?
     /// The range holds the guest's own data again (a write, trim or zeroing completed).
     func guestOverwrote(vm: String, offset: UInt64, length: Int)
+}
+
+/// What a write needs once its pages the host's swap holds became references.
+public enum SharedWrite: Sendable, Equatable {
+    case writeAll
+    case writeNone
+    /// Write the pages marked false; those marked true are references.
+    case writeSome(elided: [Bool])
 }

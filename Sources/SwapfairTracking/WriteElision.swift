@@ -173,35 +173,38 @@ public final class WriteElision: @unchecked Sendable {
 
     // MARK: the guests' side (their swap devices)
 
-    /// VM `vm` writes `bytes` at `offset` (4 KiB aligned) at `now`. True when every page was found
-    /// among the host's recent reads and is now a reference: nothing needs writing. False when
-    /// the request must be written (references it made meanwhile hold the same bytes and are
-    /// released once the write completes, see `guestOverwrote`).
-    public func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer, now: Double) -> Bool {
+    /// VM `vm` writes `bytes` at `offset` (4 KiB aligned) at `now`. Each page found among the
+    /// host's recent reads becomes a reference and needs no writing; the others must be written
+    /// (and their blocks released once written, see `guestOverwrote`).
+    public func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer, now: Double) -> ElisionResult {
         let pages = bytes.count / Self.pageSize
         guard pages > 0, offset % UInt64(Self.pageSize) == 0, bytes.count % Self.pageSize == 0,
-              let base = bytes.baseAddress else { return false }
+              let base = bytes.baseAddress else { return .none }
         // Digests outside the lock: they are the costly part.
         var digests: [UInt64?] = []
         digests.reserveCapacity(pages)
         for i in 0..<pages {
             digests.append(PageDigest.of(UnsafeRawBufferPointer(rebasing: bytes[(i * Self.pageSize)..<((i + 1) * Self.pageSize)])))
         }
+        guard digests.contains(where: { $0 != nil }) else { return .none }
         let first = Int(offset / UInt64(Self.pageSize))
-        var found: [Int] = []
-        found.reserveCapacity(pages)
-        return state.withLock { s in
+        var elided = [Bool](repeating: false, count: pages)
+        let count = state.withLock { s -> Int in
+            var n = 0
             for i in 0..<pages {
                 guard let d = digests[i], let k = s.byDigest[d], s.ring[k].physical >= 0,
                       now - s.ring[k].time <= window,
-                      memcmp(copies + k * Self.pageSize, base + i * Self.pageSize, Self.pageSize) == 0
-                else { return false }
-                found.append(Int(s.ring[k].physical))
+                      memcmp(copies + k * Self.pageSize, base + i * Self.pageSize, Self.pageSize) == 0,
+                      s.map.refer(vm: vm, block: first + i, to: Int(s.ring[k].physical))
+                else { continue }
+                elided[i] = true
+                n += 1
             }
-            for (i, p) in found.enumerated() where !s.map.refer(vm: vm, block: first + i, to: p) { return false }
-            s.counters[vm]?.elidedBytes &+= UInt64(bytes.count)
-            return true
+            s.counters[vm]?.elidedBytes &+= UInt64(n * Self.pageSize)
+            return n
         }
+        if count == 0 { return .none }
+        return count == pages ? .all : .pages(elided)
     }
 
     /// VM `vm`'s blocks in `offset..<offset+length` hold their own content again (a write, trim
@@ -290,4 +293,14 @@ public final class WriteElision: @unchecked Sendable {
     }
 
     public func counters() -> [String: Counters] { state.withLock { $0.counters } }
+}
+
+/// What write elision made of a guest write.
+public enum ElisionResult: Sendable, Equatable {
+    /// Every page must be written.
+    case none
+    /// Every page is now a reference: nothing to write.
+    case all
+    /// The pages marked true are references; the others must be written.
+    case pages([Bool])
 }

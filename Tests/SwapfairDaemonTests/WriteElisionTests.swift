@@ -4,6 +4,7 @@ import SwapfairIO
 import SwapfairTracking
 import SwapfairUblk
 import SwapfairConfig
+import SwapfairExport
 import Logging
 @testable import SwapfairDaemon
 
@@ -64,7 +65,7 @@ import Logging
             return n < 0 ? [] : Array(UnsafeRawBufferPointer(start: buffer, count: pages * 4096))
         }
 
-        func guestWrite(block: Int, _ ids: [UInt64]) -> Bool {
+        func guestWrite(block: Int, _ ids: [UInt64]) -> SharedWrite {
             var bytes = [UInt8](repeating: 0, count: ids.count * 4096)
             bytes.withUnsafeMutableBytes { Self.fill($0.baseAddress!, pages: ids) }
             return bytes.withUnsafeBytes { sharing.guestWrite(vm: "g", offset: UInt64(block * 4096), $0) }
@@ -94,13 +95,15 @@ import Logging
         let r = try Rig()
         #expect(r.hostWrite(slot: 10, [1, 2, 3]) == 3 * 4096)
         #expect(r.hostRead(slot: 10, pages: 3) == Rig.expected([1, 2, 3]))
-        #expect(r.guestWrite(block: 4, [2, 3]))
+        #expect(r.guestWrite(block: 4, [2, 3]) == .writeNone)
         // Nothing was written to the guest's volume; its export serves the host's blocks.
         #expect(r.ownBlock(4, pages: 2) == [UInt8](repeating: 0, count: 2 * 4096))
         #expect(r.guestRead(block: 4, pages: 2) == Rig.expected([2, 3]))
         #expect(r.elision.counters()["g"]?.elidedBytes == 2 * 4096)
-        // A write with one page the host never read is written as usual.
-        #expect(!r.guestWrite(block: 8, [3, 99]))
+        // A write with one page the host never read: only that page is written.
+        #expect(r.guestWrite(block: 8, [3, 99]) == .writeSome(elided: [true, false]))
+        #expect(r.guestRead(block: 8) == Rig.expected([3]))
+        #expect(r.guestWrite(block: 12, [98, 99]) == .writeAll)
     }
 
     /// The host reuses the slot: its write goes to a spare, the guest's content stays put.
@@ -108,7 +111,7 @@ import Logging
         let r = try Rig()
         _ = r.hostWrite(slot: 5, [7])
         _ = r.hostRead(slot: 5, pages: 1)
-        #expect(r.guestWrite(block: 0, [7]))
+        #expect(r.guestWrite(block: 0, [7]) == .writeNone)
         #expect(r.hostWrite(slot: 5, [8]) == 4096)
         #expect(r.hostRead(slot: 5, pages: 1) == Rig.expected([8]))
         #expect(r.guestRead(block: 0) == Rig.expected([7]))
@@ -122,7 +125,7 @@ import Logging
         _ = r.hostWrite(slot: 3, [4])
         _ = r.hostRead(slot: 3, pages: 1)
         _ = r.hostWrite(slot: 3, [5])
-        #expect(!r.guestWrite(block: 1, [4]))
+        #expect(r.guestWrite(block: 1, [4]) == .writeAll)
     }
 
     /// The guest overwrites its block: the reference goes and the block is its own again.
@@ -130,7 +133,7 @@ import Logging
         let r = try Rig()
         _ = r.hostWrite(slot: 2, [6])
         _ = r.hostRead(slot: 2, pages: 1)
-        #expect(r.guestWrite(block: 9, [6]))
+        #expect(r.guestWrite(block: 9, [6]) == .writeNone)
         r.sharing.guestOverwrote(vm: "g", offset: 9 * 4096, length: 4096)
         #expect(r.sharing.guestRead(vm: "g", offset: 9 * 4096, length: 4096, ownFD: r.guest.fd, into: r.buffer) == nil)
         #expect(r.elision.summary().sharedBlocks == 0)
@@ -142,8 +145,8 @@ import Logging
         let r = try Rig()
         _ = r.hostWrite(slot: 0, [11, 12, 13, 14])
         _ = r.hostRead(slot: 0, pages: 4)
-        #expect(r.guestWrite(block: 20, [11, 12]))
-        #expect(r.guestWrite(block: 30, [14]))
+        #expect(r.guestWrite(block: 20, [11, 12]) == .writeNone)
+        #expect(r.guestWrite(block: 30, [14]) == .writeNone)
         _ = r.hostWrite(slot: 0, [21, 22])   // both shared: redirected
         let before = r.elision.summary(check: true)
         try r.restart()
@@ -211,5 +214,41 @@ import Logging
         } catch {
             #expect("\(error)".contains("write_elision is off"))
         }
+    }
+}
+
+/// Write elision as a real NBD client sees it: nbdsh writes two pages in one request, one of them
+/// a page the host has just read back from its swap, and reads them back.
+@Suite(.serialized) struct WriteElisionOverNBDTests {
+    @Test func aWriteWithOnePageTheHostHoldsWritesOnlyTheOther() throws {
+        let r = try WriteElisionTests.Rig()
+        // The host's slot 7 holds a page of 0xab, and the host has just read it back.
+        memset(r.buffer, 0xab, 4096)
+        #expect(r.target.serve(.write, offset: 7 * 4096, length: 4096, buffer: r.buffer) == 4096)
+        #expect(r.target.serve(.read, offset: 7 * 4096, length: 4096, buffer: r.buffer) == 4096)
+
+        let pool = BufferPool(count: 8, bufferSize: 1 << 20)
+        let engine = try SwapEngine(queueDepth: 8, pool: pool)
+        engine.setShare(client: 0, IOShare(weight: 100))
+        engine.start()
+        defer { engine.stop() }
+        let socket = r.dir + "/g.sock"
+        let server = try ExportServer(name: "g", socketPath: socket, volume: r.guest, client: 0, engine: engine, pool: pool,
+                                      access: ExportAccess(uids: [getuid()]), logger: Logger(label: "test"), sharing: r.sharing)
+        server.start()
+        defer { server.stop() }
+        let uri = "nbd+unix:///g?socket=\(socket)"
+        // qemu-io writes the two pages from a file in one request, then reads them back.
+        let source = r.dir + "/pages"
+        FileManager.default.createFile(atPath: source, contents: Data(repeating: 0xab, count: 4096) + Data(repeating: 0xcd, count: 4096))
+        let out = try run(try tool("qemu-io"), ["-f", "raw", uri, "-c", "write -s \(source) 12k 8k",
+                                                "-c", "read -P 0xab 12k 4k", "-c", "read -P 0xcd 16k 4k"])
+        #expect(out.status == 0 && !out.output.contains("Pattern verification failed") && out.output.contains("read 4096/4096"),
+                "\(out.output)")
+        // Block 3 is a reference (nothing written to the guest's volume); block 4 was written.
+        #expect(r.ownBlock(3) == [UInt8](repeating: 0, count: 4096))
+        #expect(r.ownBlock(4) == [UInt8](repeating: 0xcd, count: 4096))
+        #expect(r.elision.counters()["g"]?.elidedBytes == 4096)
+        #expect(r.elision.counters()["g"]?.sharedReadBytes == 4096)
     }
 }
