@@ -71,6 +71,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
         /// With write elision: guest swap-out bytes recorded as references to the host's blocks
         /// instead of written, and guest swap-in bytes served from them.
         public var elidedWriteBytes: UInt64? = nil
+        /// Every guest swap-out byte the tracker saw (written or elided).
+        public var guestSwapOutBytes: UInt64? = nil
         public var sharedReadBytes: UInt64? = nil
     }
 

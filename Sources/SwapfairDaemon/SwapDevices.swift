@@ -296,16 +296,20 @@ public final class SwapDevices: Sendable {
                 let achieved = share?.unit == .iops ? iops : bytes
                 met = achieved >= r * 0.95 || s.queued == 0
             }
-            out[name] = StatusReport.SwapDevice(
+            var device = StatusReport.SwapDevice(
                 socket: servers[name]?.socketPath ?? "", size: servers[name]?.volume.size ?? 0,
                 allocated: servers[name]?.volume.allocatedBytes ?? 0, connections: servers[name]?.connectionCount ?? 0,
                 reads: s.reads, writes: s.writes, readBytes: s.readBytes, writeBytes: s.writeBytes, errors: s.errors,
                 queued: s.queued, inFlight: s.inFlight, iops: iops, bytesPerSecond: bytes, reservationMet: met,
                 doublePagingEvents: tracker.map { _ in paging[name]?.events ?? 0 },
                 redundantReadBytes: tracker.map { _ in paging[name]?.redundantReadBytes ?? 0 },
-                redundantWriteBytes: tracker.map { _ in paging[name]?.redundantWriteBytes ?? 0 },
-                elidedWriteBytes: elision.map { _ in elided[name]?.elidedBytes ?? 0 },
-                sharedReadBytes: elision.map { _ in elided[name]?.sharedReadBytes ?? 0 })
+                redundantWriteBytes: tracker.map { _ in paging[name]?.redundantWriteBytes ?? 0 })
+            if tracker != nil { device.guestSwapOutBytes = paging[name]?.guestSwapOutBytes ?? 0 }
+            if elision != nil {
+                device.elidedWriteBytes = elided[name]?.elidedBytes ?? 0
+                device.sharedReadBytes = elided[name]?.sharedReadBytes ?? 0
+            }
+            out[name] = device
         }
         return out
     }

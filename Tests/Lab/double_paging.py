@@ -309,7 +309,8 @@ def main():
         # intact in the verify pass. Not understood yet: checked to 90%, printed exactly.
         c.check(elided > 0 and r.get("served_write", 0) + elided >= 0.9 * want,
                 f"elision: the guest's swap-outs were written or elided ({r.get('served_write', 0)} bytes written + "
-                f"{elided} elided, {want} swapped out; status {json.dumps(st)[:400]})")
+                f"{elided} elided, {want} swapped out, {st.get('guest_swap_out_bytes')} seen by the tracker; "
+                f"status {json.dumps(st)[:400]})")
         log(f"elision: swapfaird SIGKILLed with {mib(rs.get('host_in_swap', 0))} in host swap; restarted: {rs.get('rebuilt', '')[:300]}")
         c.check(rs.get("taken_over") and rs.get("reattached"),
                 f"elision: the restarted swapfaird took the host swap device over and the guest's export was attached again")
