@@ -8,9 +8,7 @@ cd "$(dirname "$0")/../.."
 BIN=${SWAPFAIR_BIN:-$PWD/.build/release}
 OUT=${LAB_OUT:-/tmp}/balloon
 mkdir -p "$OUT"
-pass=0; fail=0
-ok() { echo "PASS: $*"; pass=$((pass+1)); }
-ko() { echo "FAIL: $*"; fail=$((fail+1)); }
+. Tests/Lab/checks.sh balloon
 qmp=$(mktemp -u /tmp/swapfair-balloon.XXXXXX.qmp)
 guest_log="$OUT/guest.log"
 # The guest watches its MemTotal until it has dropped by 320 MiB (or 120 s pass), says so, and
@@ -28,7 +26,7 @@ lab=$!
 for _ in $(seq 600); do grep -q "guest: ready" "$guest_log" 2>/dev/null && break; kill -0 $lab 2>/dev/null || break; sleep 0.2; done
 if ! grep -q "guest: ready" "$guest_log"; then
     ko "the guest did not come up: $(tail -5 "$guest_log")"
-    echo "balloon: $pass passed, $fail failed"; exit 1
+    finish
 fi
 before=$("$BIN/swapfairctl" balloon --qmp "$qmp" 2>&1)
 echo "swapfairctl: $before"
@@ -51,5 +49,4 @@ case "$bad" in
     *) ko "a missing QMP socket: $bad" ;;
 esac
 rm -f "$qmp"
-echo "balloon: $pass passed, $fail failed"
-[ $fail = 0 ]
+finish

@@ -9,9 +9,7 @@ cd "$(dirname "$0")/../.."
 export BIN=${SWAPFAIR_BIN:-$PWD/.build/release}
 export OUT=${LAB_OUT:-$PWD/lab-runs/latest}/guest-swap
 rm -rf "$OUT"; mkdir -p "$OUT"
-pass=0; fail=0
-ok() { echo "PASS: $*"; pass=$((pass+1)); }
-ko() { echo "FAIL: $*"; fail=$((fail+1)); }
+. Tests/Lab/checks.sh guest-swap
 cat > "$OUT/swapfair.toml" <<TOML
 [host]
 state_dir = "$OUT/state"
@@ -61,5 +59,4 @@ grep -q "block layer errors: 0" "$OUT/guest.log" && ok "the guest saw no I/O err
 [ "${peak:-0}" -gt $((128 << 20)) ] && ok "the guest really swapped to the export ($(( peak >> 20 )) MiB)" || ko "too little swap used"
 [ "$(grep -c 'swap device ready' "$OUT/daemon.log")" = 2 ] && ok "swapfaird served the same volume after its restart" || ko "restart"
 kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null
-echo "guest-swap: $pass passed, $fail failed"
-[ $fail = 0 ]
+finish

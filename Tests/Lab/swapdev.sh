@@ -8,9 +8,7 @@ cd "$(dirname "$0")/../.."
 BIN=${SWAPFAIR_BIN:-$PWD/.build/release}
 OUT=${LAB_OUT:-/tmp}/swapdev
 mkdir -p "$OUT"
-pass=0; fail=0
-ok() { echo "PASS: $*"; pass=$((pass+1)); }
-ko() { echo "FAIL: $*"; fail=$((fail+1)); }
+. Tests/Lab/checks.sh swapdev
 # nbd0 is to be the only swap; the guest's own swap comes back at the end.
 previous=$(swapon --show=NAME --noheadings)
 swapoff -a
@@ -35,7 +33,7 @@ else
 fi
 if ! { mkswap /dev/nbd0 > /dev/null && swapon /dev/nbd0; }; then
     ko "swapon /dev/nbd0"; cat "$OUT/daemon.log"
-    echo "swapdev: $pass passed, $fail failed"; exit 1
+    finish
 fi
 ok "swapon /dev/nbd0: $(tail -1 /proc/swaps | tr -s ' ')"
 G=/sys/fs/cgroup/swapdev
@@ -62,5 +60,4 @@ rmdir $G
 swapoff /dev/nbd0
 nbd-client -d /dev/nbd0 > /dev/null 2>&1
 kill $daemon; wait $daemon 2>/dev/null
-echo "swapdev: $pass passed, $fail failed"
-[ $fail = 0 ]
+finish

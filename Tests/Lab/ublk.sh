@@ -10,10 +10,7 @@ cd "$(dirname "$0")/../.."
 BIN=${SWAPFAIR_BIN:-$PWD/.build/release}
 OUT=${LAB_OUT:-/tmp}/ublk
 mkdir -p "$OUT"
-pass=0; fail=0
-ok() { echo "PASS: $*"; pass=$((pass+1)); }
-ko() { echo "FAIL: $*"; fail=$((fail+1)); }
-finish() { echo "ublk: $pass passed, $fail failed"; [ $fail = 0 ]; exit; }
+. Tests/Lab/checks.sh ublk
 # What the kernel's blocked tasks wait on (sysrq w), for a run that hangs.
 blocked() {
     echo w > /proc/sysrq-trigger 2>/dev/null; sleep 1

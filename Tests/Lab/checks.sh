@@ -1,0 +1,8 @@
+# Sourced by the lab's shell tests: `. Tests/Lab/checks.sh NAME`. PASS/FAIL lines through ok and
+# ko; finish prints the closing count "NAME: N passed, M failed" (what suite.sh looks for) and
+# exits, with status 0 only if nothing failed.
+check_name=$1
+pass=0; fail=0
+ok() { echo "PASS: $*"; pass=$((pass+1)); }
+ko() { echo "FAIL: $*"; fail=$((fail+1)); }
+finish() { echo "$check_name: $pass passed, $fail failed"; [ $fail = 0 ]; exit; }
