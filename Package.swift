@@ -80,7 +80,7 @@ let package = Package(
             name: "SwapfairDaemon",
             dependencies: [
                 "SwapfairPolicy", "SwapfairCgroup", "SwapfairConfig", "SwapfairSys", "SwapfairIO", "SwapfairExport",
-                "SwapfairSystemd", "SwapfairUblk", "SwapfairTracking", "CSwapfairShim", .product(name: "Logging", package: "swift-log"),
+                "SwapfairSystemd", "SwapfairUblk", "SwapfairTracking", "SwapfairQMP", "CSwapfairShim", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         .executableTarget(
@@ -109,7 +109,7 @@ let package = Package(
         // A guest with its own swap, for the double-paging benchmarks.
         .executableTarget(
             name: "swapfair-guestpager",
-            dependencies: ["SwapfairWorkload", "SwapfairSys", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            dependencies: ["SwapfairWorkload", "SwapfairSys", "SwapfairQMP", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
         // Benchmarks/: `swift run -c release swapfair-tick-bench`.

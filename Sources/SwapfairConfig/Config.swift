@@ -78,6 +78,11 @@ public struct VMConfig: Sendable, Equatable {
     public var ioWeight: UInt64?
     public var location: VMLocation
     public var swapDevice: SwapDeviceConfig?
+    /// The guest's balloon, for reclaim shifting: the VM's QMP socket (`balloon_qmp`).
+    public var balloonQMP: String?
+    /// The guest's RAM (`guest_memory`): what the balloon gives back in full. Nil: the balloon's
+    /// size when swapfaird first sees it with nothing taken.
+    public var guestMemory: UInt64?
     /// Line of the `[[vm]]` header, for messages.
     public var line: Int
 }
@@ -128,6 +133,8 @@ public struct HostConfig: Sendable, Equatable {
     public var sharedMapDir: String = "/run/swapfair/shared"
     /// How limits are set and VMs placed.
     public var backend: BackendSetting = .auto
+    /// The most of a guest's RAM its balloon may take under reclaim shifting (0.25 = 25%).
+    public var reclaimShiftMax: Double = 0.25
 
     public init() {}
 }

@@ -10,9 +10,9 @@ public enum ConfigLoader {
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
                             "activity_period", "activity_slow", "activity_fast", "state_dir", "backend",
                             "nbd_dir", "swap_queue_depth", "host_swap_size", "host_swap_device", "write_elision", "elision_spare",
-                            "shared_map_dir"]
+                            "shared_map_dir", "reclaim_shift_max"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
-                         "cgroup", "pidfile", "unit", "swap_device"]
+                         "cgroup", "pidfile", "unit", "swap_device", "balloon_qmp", "guest_memory"]
     static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups"]
 
     /// Loads a file. `facts` resolves percentages for the cross-checks (reservations within the budget).
@@ -142,6 +142,11 @@ struct Validator {
                 if let s = string(e, key) {
                     if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path") } else { h.sharedMapDir = s }
                 }
+            case "reclaim_shift_max":
+                if let s = size(e, key) {
+                    if case .percent(let p) = s, p > 0, p <= 50 { h.reclaimShiftMax = p / 100 }
+                    else { problem(e.line, key, "must be a percentage of the guest's RAM, more than 0% and at most 50%, such as \"25%\"") }
+                }
             case "host_swap_size":
                 if let s = size(e, key) {
                     let b = s.resolve(against: 0)
@@ -206,6 +211,7 @@ struct Validator {
         var limit: SizeSpec?, swapLimit: SizeSpec?
         var locations: [(VMLocation, Int)] = []
         var swapDevice: SwapDeviceConfig?
+        var balloonQMP: String?, guestMemory: UInt64?
         for e in t.entries {
             let key = "\(label).\(e.key)"
             switch e.key {
@@ -232,6 +238,18 @@ struct Validator {
                     else { locations.append((.unit(s), e.line)) }
                 }
             case "swap_device": swapDevice = swapDeviceConfig(e, key)
+            case "balloon_qmp":
+                if let s = string(e, key) {
+                    if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path to the VM's QMP socket") }
+                    else { balloonQMP = s }
+                }
+            case "guest_memory":
+                if let s = size(e, key) {
+                    let b = s.resolve(against: 0)
+                    if case .percent = s { problem(e.line, key, "must be a size such as \"4G\", not a percentage") }
+                    else if b < 16 << 20 || b % 4096 != 0 { problem(e.line, key, "must be at least 16M and a multiple of 4K") }
+                    else { guestMemory = b }
+                }
             default: problem(e.line, key, "unknown key" + suggestion(e.key, ConfigLoader.vmKeys))
             }
         }
@@ -252,10 +270,22 @@ struct Validator {
         if let swapLimit, swapLimit.resolve(against: swap) > swap {
             problem(t["swap_limit"]?.line ?? t.line, "\(label).swap_limit", "is more than the swap budget")
         }
+        if guestMemory != nil && balloonQMP == nil {
+            problem(t["guest_memory"]?.line ?? t.line, "\(label).guest_memory", "is for reclaim shifting: give balloon_qmp too")
+        }
+        if balloonQMP != nil {
+            // Shifting acts on the double paging the tracker sees: the guest's swap-outs through
+            // its export (and the host's swap, checked once [host] is read).
+            if swapDevice == nil {
+                problem(t["balloon_qmp"]?.line ?? t.line, "\(label).balloon_qmp",
+                        "reclaim shifting needs the VM's swap_device (its guest swap-outs show the double paging)")
+            }
+        }
         guard let name, problems.count == before else { return nil }
         return VMConfig(name: name, weight: weight, reservation: reservation, limit: limit,
                         swapWeight: swapWeight ?? weight, swapLimit: swapLimit, ioWeight: ioWeight,
-                        location: locations.first?.0 ?? .managedScope, swapDevice: swapDevice, line: t.line)
+                        location: locations.first?.0 ?? .managedScope, swapDevice: swapDevice,
+                        balloonQMP: balloonQMP, guestMemory: guestMemory, line: t.line)
     }
 
     mutating func crossCheck(_ host: HostConfig, _ vms: [VMConfig]) {
@@ -273,6 +303,10 @@ struct Validator {
                 }
                 cgroups[path] = vm.name
             }
+        }
+        if host.hostSwapDevice == nil && host.hostSwapSize == nil, let vm = vms.first(where: { $0.balloonQMP != nil }) {
+            problem(vm.line, "vm \"\(vm.name)\".balloon_qmp",
+                    "reclaim shifting needs the host's swap served by swapfaird (host.host_swap_device)")
         }
         let budget = host.memoryBudget.resolve(against: facts.memoryTotal)
         let reserved = vms.reduce(UInt64(0)) { $0 + $1.reservation.resolve(against: budget) }

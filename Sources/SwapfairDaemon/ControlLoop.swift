@@ -4,6 +4,7 @@ import SwapfairCgroup
 import SwapfairConfig
 import SwapfairPolicy
 import SwapfairSys
+import SwapfairTracking
 import Synchronization
 
 /// The daemon's view of one configured VM.
@@ -27,6 +28,9 @@ struct TrackedVM {
     /// The inotify watch on its `cgroup.events`, and whether that file changed since last read.
     var eventsWatch: Int32?
     var populatedStale = true
+    /// Reclaim shifting, for a VM with a balloon (`balloon_qmp`).
+    var balloon: BalloonDriver?
+    var shift: ReclaimShift.State?
 }
 
 /// Observe → plan → act, once per tick. Runs on one thread; publishes a status report for the
@@ -43,7 +47,11 @@ public final class ControlLoop {
     /// MGLRU sampling of active fractions, when the kernel has it; else the LRU lists are used.
     public let activity: ActivityMonitor?
     /// The VMs' swap devices, when any are configured (for the status report).
-    public var swapDevices: SwapDevices?
+    public var swapDevices: SwapDevices? {
+        didSet { if tracker == nil { tracker = swapDevices?.tracker } }
+    }
+    /// Where reclaim shifting reads each VM's double paging (the swap devices' tracker).
+    public var tracker: DoublePagingTracker?
     var vms: [TrackedVM]
     public private(set) var ticks: UInt64 = 0
     let startTime: Double
@@ -57,6 +65,9 @@ public final class ControlLoop {
     /// Changes smaller than this (or than 1% of the value) are not written: they would change
     /// nothing the kernel does and fill the log.
     let writeThreshold: UInt64 = 1 << 20
+    let shifter: ReclaimShift
+    /// How long a balloon that accepted a target counts as moving towards it (see `shiftReclaim`).
+    var balloonGrace = 15.0
 
     public init(configuration: SwapfairConfiguration, facts: HostFacts, root: CgroupRoot, logger: Logger,
                 writer: KnobWriter = KnobWriter(), board: StatusBoard = StatusBoard(), proc: String = "/proc",
@@ -71,7 +82,25 @@ public final class ControlLoop {
         self.logger = logger
         self.board = board
         self.startTime = now
+        var shifting = ReclaimShift.Parameters()
+        shifting.maxFraction = configuration.host.reclaimShiftMax
+        self.shifter = ReclaimShift(shifting)
         self.vms = configuration.vms.map { TrackedVM(config: $0, entitlement: configuration.entitlement($0, facts)) }
+        for i in vms.indices {
+            guard let qmp = vms[i].config.balloonQMP else { continue }
+            let name = vms[i].config.name
+            // After a crash the balloon is where the last daemon left it: resume from its record.
+            let record = ShiftRecord.load(stateDir: configuration.host.stateDir, vm: name)
+            vms[i].balloon = BalloonDriver(vm: name, path: qmp, guestMemory: vms[i].config.guestMemory ?? record?.guestMemory,
+                                           lastActual: record.map { $0.guestMemory - min($0.shift, $0.guestMemory) }, logger: logger)
+            if let record {
+                vms[i].shift = ReclaimShift.State(shift: record.shift, time: now)
+                logger.notice("reclaim shift resumed from before the restart",
+                              metadata: ["vm": "\(name)", "shift": "\(Format.bytes(record.shift))",
+                                         "guest_memory": "\(Format.bytes(record.guestMemory))"])
+            }
+            vms[i].balloon?.update(target: nil)
+        }
     }
 
     /// Names of the VMs under control now.
@@ -88,7 +117,7 @@ public final class ControlLoop {
         for i in vms.indices { locate(i) }
         for (i, reading) in readGroups() {
             if let o = observe(i, now: now, reading) {
-                inputs.append(VMInput(vms[i].entitlement, o, state: vms[i].state))
+                inputs.append(VMInput(vms[i].entitlement, o, state: vms[i].state, reclaimShift: shiftReclaim(i, now: now)))
                 indices.append(i)
             }
         }
@@ -119,6 +148,66 @@ public final class ControlLoop {
             }
         }
         return planner.plan(inputs)
+    }
+
+    /// Clean stop: balloons give their guests all their RAM back (the raised limits stay, so the
+    /// guests grow back into them); a crash leaves both, and the restarted daemon resumes.
+    public func finish() {
+        for i in vms.indices {
+            guard let b = vms[i].balloon, (vms[i].shift?.shift ?? 0) > 0 || ShiftRecord.load(stateDir: configuration.host.stateDir, vm: vms[i].config.name) != nil else { continue }
+            let name = vms[i].config.name
+            if b.deflate(timeout: 5) {
+                ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name)
+                logger.notice("reclaim shift undone at stop: the balloon gives the guest all its RAM back", metadata: ["vm": "\(name)"])
+            } else {
+                logger.warning("cannot undo the reclaim shift at stop; the next start resumes it",
+                               metadata: ["vm": "\(name)", "error": "\(b.state.error ?? "no answer in 5 s")"])
+            }
+        }
+    }
+
+    // MARK: reclaim shifting
+
+    /// One tick of reclaim shifting for a running VM with a balloon: the policy reads the tracker's
+    /// double-paging counters, the balloon is asked for the new target, and the return is what the
+    /// balloon has taken so far (the raise of `memory.high`: never more than the guest gave up).
+    func shiftReclaim(_ i: Int, now: Double) -> UInt64 {
+        guard let balloon = vms[i].balloon else { return 0 }
+        let name = vms[i].config.name
+        let known = balloon.state
+        guard let full = known.guestMemory,
+              let counters = tracker.map({ $0.counters()[name] ?? DoublePagingCounters() }) else {
+            balloon.update(target: nil)
+            return 0
+        }
+        let previous = vms[i].shift
+        let (s, decision) = shifter.step(previous, redundantReadTotal: counters.redundantReadBytes,
+                                         guestSwapOutTotal: counters.guestSwapOutBytes, now: now, guestMemory: full)
+        vms[i].shift = s
+        let before = previous?.shift ?? 0
+        if s.shift != before {
+            logger.notice("reclaim shift \(Format.bytes(before)) → \(Format.bytes(s.shift))",
+                          metadata: ["vm": "\(name)", "why": "\(decision.summary)",
+                                     "balloon_target": "\(Format.bytes(full - s.shift))"])
+            do {
+                if s.shift == 0 { ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name) }
+                else { try ShiftRecord(guestMemory: full, shift: s.shift).save(stateDir: configuration.host.stateDir, vm: name) }
+            } catch {
+                logger.warning("cannot record the reclaim shift; a restart would not know it", metadata: ["vm": "\(name)", "error": "\(error)"])
+            }
+        }
+        // Nothing is asked of a balloon swapfair has not moved (an operator may have set it).
+        balloon.update(target: s.shift > 0 || before > 0 ? full - s.shift : nil)
+        // The raise: what the balloon has taken; while it is still inflating towards a target it
+        // accepted lately, all of that target at once. A guest emptying frames the host keeps
+        // swapping must read each one back from host swap first, so waiting for the balloon would
+        // make the guest pay twice for the move (in the lab a 12 MiB move took 9 s that way). A
+        // balloon that accepts and does not move (no driver in the guest) gets only what it took
+        // after `balloonGrace` seconds. Going down, the raise follows the balloon as it lets go.
+        let taken = known.actual.map { full > $0 ? full - $0 : 0 } ?? 0
+        let accepted = known.sent.map { full > $0 ? full - $0 : 0 } ?? 0
+        let moving = known.error == nil && monotonicSeconds() - known.sentAt < balloonGrace
+        return min(max(taken, moving ? accepted : 0), max(before, s.shift))
     }
 
     // MARK: locate
@@ -319,7 +408,7 @@ public final class ControlLoop {
         vms[i].pressureAvg10 = r.pressure?.avg10
         let o = VMObservation(
             time: now, memoryCurrent: r.current, swapCurrent: r.swap,
-            memoryHigh: vms[i].applied[.memoryHigh]?.bytes, swapMax: vms[i].applied[.memorySwapMax]?.bytes,
+            memoryHigh: baseHigh(i), swapMax: vms[i].applied[.memorySwapMax]?.bytes,
             pressureSomeTotal: r.pressure?.total ?? 0,
             activeBytes: r.stat.activeBytes, inactiveBytes: r.stat.inactiveBytes,
             refaultedTotal: r.stat.refaults * WeightedDivision.page,
@@ -330,6 +419,15 @@ public final class ControlLoop {
             vms[i].absence = nil
         }
         return o
+    }
+
+    /// The VM's `memory.high` in force without the reclaim-shifting raise in it: the planner steps
+    /// its own limit, and the raise is added afresh each tick. (After a restart, the raise is the
+    /// resumed shift's, which the last daemon wrote.)
+    func baseHigh(_ i: Int) -> UInt64? {
+        guard let high = vms[i].applied[.memoryHigh]?.bytes else { return nil }
+        let raised = vms[i].plan?.reclaimShift ?? vms[i].shift?.shift ?? 0
+        return high - min(raised, high)
     }
 
     /// Stops managing a VM for now. `forget`: the group is gone (or was ours and is removed), so the
@@ -352,6 +450,11 @@ public final class ControlLoop {
             _ = writer.takeFinished(g)
         }
         let wasRunning = vms[i].observation != nil
+        if vms[i].shift != nil {
+            // A VMM that stopped took its balloon with it; the next one starts with all its RAM.
+            vms[i].shift = nil
+            ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name)
+        }
         vms[i].state = nil
         vms[i].observation = nil
         vms[i].plan = nil
@@ -446,11 +549,13 @@ public final class ControlLoop {
         switch knob {
         case .memoryHigh:
             let lent = p.highTarget > p.entitled ? ", \(Format.bytes(p.highTarget - p.entitled)) lent" : ""
-            let stepping = p.memoryHigh > p.highTarget ? "; stepping down to \(Format.bytes(p.highTarget))"
-                : p.memoryHigh < p.highTarget ? "; \(Format.bytes(p.highTarget - p.memoryHigh)) more once cuts elsewhere are made" : ""
+            let own = p.memoryHigh - min(p.reclaimShift, p.memoryHigh)
+            let stepping = own > p.highTarget ? "; stepping down to \(Format.bytes(p.highTarget))"
+                : own < p.highTarget ? "; \(Format.bytes(p.highTarget - own)) more once cuts elsewhere are made" : ""
+            let shifted = p.reclaimShift > 0 ? "; raised \(Format.bytes(p.reclaimShift)) for what the balloon took (reclaim shifting)" : ""
             return "entitled \(Format.bytes(p.entitled)) of untaxed \(Format.bytes(p.untaxedShare)) "
                 + "(active \(Format.percent(p.activeFraction))), demand \(Format.bytes(p.demand))\(lent); "
-                + p.decision.summary + stepping
+                + p.decision.summary + stepping + shifted
         case .memoryLow: return "reservation"
         case .memoryMax: return "limit"
         case .memorySwapMax: return "weighted share of the swap budget"
@@ -478,7 +583,12 @@ public final class ControlLoop {
                 memoryCurrent: o?.memoryCurrent, swapCurrent: o?.swapCurrent,
                 swapMax: vm.applied[.memorySwapMax]?.bytes, stall: p?.stall, pressureAvg10: vm.pressureAvg10,
                 activeFraction: p?.activeFraction, highEvents: vm.events?.high, oomKills: vm.events?.oomKill,
-                lastDecision: p?.decision.summary, swapDevice: devices[vm.config.name])
+                lastDecision: p?.decision.summary, swapDevice: devices[vm.config.name],
+                reclaimShift: vm.balloon.map { b in
+                    let k = b.state
+                    return StatusReport.ReclaimShift(qmp: b.path, guestMemory: k.guestMemory, balloonActual: k.actual,
+                                                     shift: vm.shift?.shift ?? 0, raised: p?.reclaimShift ?? 0, error: k.error)
+                })
         }
         return StatusReport(daemon: daemon, vms: rows)
     }

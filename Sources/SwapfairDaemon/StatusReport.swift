@@ -43,6 +43,22 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var oomKills: UInt64?
         public var lastDecision: String?
         public var swapDevice: SwapDevice?
+        /// For a VM with a balloon (`balloon_qmp`).
+        public var reclaimShift: ReclaimShift?
+    }
+
+    /// Reclaim shifting of one VM: what its balloon was asked to take and what it took.
+    public struct ReclaimShift: Codable, Sendable, Equatable {
+        public var qmp: String
+        public var guestMemory: UInt64?
+        /// What the balloon leaves the guest now.
+        public var balloonActual: UInt64?
+        /// What the balloon is asked to take.
+        public var shift: UInt64
+        /// How much `memory.high` is raised for it (what the balloon has taken, within the limit).
+        public var raised: UInt64
+        /// Why the balloon cannot be reached, while it cannot.
+        public var error: String?
     }
 
     /// A VM's swap device: its export and its I/O.

@@ -44,6 +44,14 @@ public enum StatusTable {
                 })
             }
         }
+        let shifting = r.vms.compactMap { vm in vm.reclaimShift.map { (vm.name, $0) } }
+        if !shifting.isEmpty {
+            out += "\nreclaim shifting (the guest's balloon takes RAM and memory.high is raised by as much)\n"
+            out += table(["VM", "GUEST RAM", "BALLOON LEAVES", "SHIFT", "RAISED", "BALLOON"], shifting.map { name, s in
+                [name, opt(s.guestMemory), opt(s.balloonActual), Format.bytes(s.shift), Format.bytes(s.raised),
+                 s.error.map { "(\($0))" } ?? s.qmp]
+            })
+        }
         return out
     }
 

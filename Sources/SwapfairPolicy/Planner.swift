@@ -122,11 +122,16 @@ public struct VMInput: Sendable, Equatable {
     public var observation: VMObservation
     /// nil on the first tick for this VM (new VM, or a daemon restart).
     public var state: VMControlState?
+    /// What the guest's balloon has taken under reclaim shifting (`ReclaimShift`): `memory.high`
+    /// is raised by as much, up to the VM's limit.
+    public var reclaimShift: UInt64
 
-    public init(_ entitlement: VMEntitlement, _ observation: VMObservation, state: VMControlState? = nil) {
+    public init(_ entitlement: VMEntitlement, _ observation: VMObservation, state: VMControlState? = nil,
+                reclaimShift: UInt64 = 0) {
         self.entitlement = entitlement
         self.observation = observation
         self.state = state
+        self.reclaimShift = reclaimShift
     }
 }
 
@@ -150,8 +155,10 @@ public struct VMPlan: Sendable, Equatable {
     public var entitled: UInt64
     /// The limit planned for it: the entitlement plus what is lent to it.
     public var highTarget: UInt64
-    /// What is written this tick: `highTarget`, or a step down towards it.
+    /// What is written this tick: `highTarget`, or a step down towards it, plus the reclaim shift.
     public var memoryHigh: UInt64
+    /// How much of `memoryHigh` is the raise for reclaim shifting.
+    public var reclaimShift: UInt64 = 0
     public var memoryLow: UInt64
     public var memoryMax: UInt64?
     public var swapMax: UInt64
@@ -174,6 +181,7 @@ public struct VMPlan: Sendable, Equatable {
 ///    The memory taken back arrives a little later, but the neighbour that wants it fills it at the
 ///    pace of its own page-ins anyway, and the I/O of the overshoot is not spent. Nothing is lent
 ///    out of a cut before the cut has been made.
+///    A VM under reclaim shifting has its limit raised by what its balloon took (see `ReclaimShift`).
 /// 5. Swap: the swap budget is divided by swap weight, each VM's share capped at what it uses plus
 ///    headroom (the rest is lent), never below what it already uses.
 public struct Planner: Sendable {
@@ -275,10 +283,17 @@ public struct Planner: Sendable {
             let step = UInt64(Double(found) * min(max(host.highStepDown, 0), 1))
             return min(max(high[i], found - min(step, found)), ceilings[i])
         }
-        // Memory still held by a cut under way is not there to lend yet: new loans (raises above
-        // both the entitlement and the limit in force) shrink by as much, in proportion. A raise
-        // up to the entitlement is not delayed.
-        let total = written.reduce(UInt64(0), +)
+        // Reclaim shifting: the raise for what a guest's balloon took, up to the VM's own limit
+        // (not the budget: with no loans to take back it is extra host RAM, bounded by the
+        // shift's own bound, traded for the double paging it stops).
+        let shifted = inputs.indices.map { i -> UInt64 in
+            let cap = inputs[i].entitlement.limit ?? UInt64.max
+            return written[i] >= cap ? 0 : min(inputs[i].reclaimShift, cap - written[i])
+        }
+        // Memory still held by a cut under way is not there to lend yet, nor memory a shift holds:
+        // new loans (raises above both the entitlement and the limit in force) shrink by as much,
+        // in proportion. A raise up to the entitlement is not delayed.
+        let total = written.reduce(UInt64(0), +) &+ shifted.reduce(UInt64(0), +)
         if total > budget {
             let raises = inputs.indices.map { i -> UInt64 in
                 guard written[i] == high[i] else { return 0 }
@@ -294,6 +309,8 @@ public struct Planner: Sendable {
             }
         }
 
+        for i in inputs.indices { written[i] += shifted[i] }
+
         // 5. Swap.
         let swap = planSwap(inputs, absent: absent)
 
@@ -302,7 +319,7 @@ public struct Planner: Sendable {
             return VMPlan(name: e.name, demand: steps[i].demand, activeFraction: steps[i].fraction,
                           stall: steps[i].stall, decision: steps[i].decision, untaxedShare: untaxed[i],
                           fullShare: full[i], taxFloor: taxFloors[i], entitled: entitled[i], highTarget: high[i],
-                          memoryHigh: written[i],
+                          memoryHigh: written[i], reclaimShift: shifted[i],
                           memoryLow: reservations[i], memoryMax: e.limit, swapMax: swap[i],
                           ioWeight: e.ioWeight, state: steps[i].state)
         }

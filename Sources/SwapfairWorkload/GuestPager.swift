@@ -64,7 +64,14 @@ public final class GuestPager {
     var onDisk: [Bool]
     var version: [UInt32]
     var hand = 0
+    /// Frames below this have been used; the rest are handed out before the clock runs.
     var neverUsed = 0
+    /// Empty frames (given back by the balloon), handed out before the clock runs.
+    var freeFrames: [Int32] = []
+    /// Frames the balloon holds (given back to the host): never used until it lets them go.
+    var ballooned: [Bool]
+    /// Frames in play: the rest are the balloon's (`setUsableFrames`).
+    public private(set) var usableFrames: Int
 
     /// `ram` must hold `frameCount` page-aligned frames and stay mapped while the pager lives.
     public init(ram: UnsafeMutableRawPointer, frameCount: Int, pageCount: Int, disk: any GuestSwapDisk, seed: UInt64 = 1,
@@ -76,6 +83,8 @@ public final class GuestPager {
         self.disk = disk
         self.seed = seed
         self.hostResident = hostResident
+        usableFrames = frameCount
+        ballooned = Array(repeating: false, count: frameCount)
         frameOfPage = Array(repeating: -1, count: pageCount)
         pageOfFrame = Array(repeating: -1, count: frameCount)
         referenced = Array(repeating: false, count: frameCount)
@@ -142,19 +151,79 @@ public final class GuestPager {
         return f
     }
 
-    /// A frame never used yet, or the clock's victim, written out first if its disk copy is stale.
+    /// An empty frame, or the clock's victim, written out first if its disk copy is stale.
     func freeFrame() throws -> Int {
-        if neverUsed < frameCount {
+        if let f = freeFrames.popLast() { return Int(f) }
+        while neverUsed < frameCount {
             neverUsed += 1
-            return neverUsed - 1
+            if !ballooned[neverUsed - 1] { return neverUsed - 1 }
         }
-        while referenced[hand] {
+        while referenced[hand] || ballooned[hand] {
             referenced[hand] = false
             hand = (hand + 1) % frameCount
         }
         let f = hand
         hand = (hand + 1) % frameCount
+        try evict(f)
+        return f
+    }
+
+    /// The balloon: the guest keeps `count` frames (at least 16, at most all). To shrink, the
+    /// balloon takes what a guest's allocator would hand its balloon driver: empty frames first,
+    /// then frames whose page is clean (already on the disk: dropped with no I/O), cold before
+    /// recently used, and dirty frames last (swapped out first, as a guest's reclaim would).
+    /// Each frame taken is given back to the host (`release`, e.g. `madvise(MADV_DONTNEED)`, which
+    /// also frees its host swap slot unread). Growing lets frames go: they are empty.
+    /// `prefetch` is told the frames about to be written out first, all at once (e.g.
+    /// `madvise(MADV_WILLNEED)`, so the host reads back those it swapped in parallel, as it would
+    /// for a guest kernel's batch of swap writes).
+    public func setUsableFrames(_ count: Int, prefetch: (UnsafeMutableRawPointer, Int) -> Void = { _, _ in },
+                                release: (UnsafeMutableRawPointer, Int) -> Void) throws {
+        let n = min(max(count, 16), frameCount)
+        if n > usableFrames {
+            var k = n - usableFrames
+            for f in 0..<frameCount where k > 0 && ballooned[f] {
+                ballooned[f] = false
+                if f < neverUsed { freeFrames.append(Int32(f)) }
+                k -= 1
+            }
+        } else if n < usableFrames {
+            var wanted = usableFrames - n
+            // Classes in order of preference, each in clock order from the hand.
+            var classes: [[Int]] = [[], [], [], []]
+            for i in 0..<frameCount {
+                let f = (hand + i) % frameCount
+                guard !ballooned[f] else { continue }
+                let page = Int(pageOfFrame[f])
+                if page < 0 { classes[0].append(f) }
+                else if !dirty[f] && onDisk[page] { classes[referenced[f] ? 2 : 1].append(f) }
+                else { classes[3].append(f) }
+            }
+            var taken: [Int] = []
+            for c in classes {
+                for f in c where wanted > 0 {
+                    taken.append(f)
+                    wanted -= 1
+                }
+            }
+            for f in taken where pageOfFrame[f] >= 0 && (dirty[f] || !onDisk[Int(pageOfFrame[f])]) {
+                prefetch(frame(f), Self.pageSize)
+            }
+            for f in taken {
+                try evict(f)
+                ballooned[f] = true
+                release(frame(f), Self.pageSize)
+            }
+            let gone = Set(taken.map(Int32.init))
+            freeFrames.removeAll { gone.contains($0) }
+        }
+        usableFrames = n
+    }
+
+    /// Empties frame `f`: its page goes to the disk if the disk's copy is not current.
+    func evict(_ f: Int) throws {
         let victim = Int(pageOfFrame[f])
+        referenced[f] = false
         if victim >= 0 {
             if dirty[f] || !onDisk[victim] {
                 let swapped = !hostResident(frame(f))
@@ -170,7 +239,7 @@ public final class GuestPager {
             frameOfPage[victim] = -1
             pageOfFrame[f] = -1
         }
-        return f
+        dirty[f] = false
     }
 
     /// Reads every page (through faults where needed) and counts those whose content is not what

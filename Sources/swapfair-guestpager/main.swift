@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Synchronization
+import SwapfairQMP
 import SwapfairWorkload
 import SystemPackage
 
@@ -16,6 +17,10 @@ import Glibc
 // (mincore on the mapping): the ground truth of double paging. Reports JSON lines.
 
 let stopRequested = Atomic<Bool>(false)
+/// The balloon's target in frames (-1: none yet), set by the QMP responder's thread, and the frames
+/// the guest has now, for its answers.
+let balloonTarget = Atomic<Int>(-1)
+let framesInPlay = Atomic<Int>(0)
 
 struct GuestPagerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,6 +45,8 @@ struct GuestPagerCommand: ParsableCommand {
     var verify = false
     @Option(help: "Before the verify pass, close the swap disk, report \"paused\" and wait until this file exists, then open it again (a test restarts the disk's server meanwhile).")
     var pauseBeforeVerify: String?
+    @Option(help: "Serve a balloon on this Unix socket, speaking QMP's balloon and query-balloon as QEMU does, so that swapfaird can shrink and grow the guest.")
+    var balloon: String?
 
     func run() throws {
         guard let ramBytes = parseSize(ram), ramBytes >= 16 * 4096 else { throw ValidationError("bad --ram \(ram): at least 64K") }
@@ -69,6 +76,25 @@ struct GuestPagerCommand: ParsableCommand {
         var residentByte: UInt8 = 0
         let pager = GuestPager(ram: mapped, frameCount: frameCount, pageCount: pageCount, disk: swapDisk, seed: seed) { p in
             mincore(UnsafeMutableRawPointer(mutating: p), 4096, &residentByte) != 0 || residentByte & 1 == 1
+        }
+        framesInPlay.store(frameCount, ordering: .relaxed)
+        let responder = try balloon.map { path in
+            try BalloonResponder(path: path, setTarget: { bytes in
+                balloonTarget.store(Int(min(bytes, UInt64(Int.max)) / 4096), ordering: .relaxed)
+            }, actual: { UInt64(framesInPlay.load(ordering: .relaxed)) * 4096 })
+        }
+        responder?.start()
+        defer { responder?.stop() }
+        // The balloon's work runs on this thread, between accesses, as a guest's balloon driver
+        // makes its own kernel reclaim.
+        func followBalloon() throws {
+            let want = balloonTarget.load(ordering: .relaxed)
+            guard want >= 0, want != pager.usableFrames, min(max(want, 16), frameCount) != pager.usableFrames else { return }
+            let before = pager.usableFrames
+            try pager.setUsableFrames(want, prefetch: { p, n in _ = madvise(p, n, MADV_WILLNEED) },
+                                      release: { p, n in _ = madvise(p, n, MADV_DONTNEED) })
+            framesInPlay.store(pager.usableFrames, ordering: .relaxed)
+            out.emit(["label": label, "event": "balloon", "t": now() - start, "from": before * 4096, "to": pager.usableFrames * 4096])
         }
         let start = now()
         if let eventLog {
@@ -106,7 +132,10 @@ struct GuestPagerCommand: ParsableCommand {
             let budget = rate > 0 ? Int(rate * (intervalEnd - t)) : Int.max
             var n = 0
             while n < budget {
-                if n & 63 == 0 && (now() >= intervalEnd || stopRequested.load(ordering: .relaxed)) { break }
+                if n & 63 == 0 {
+                    if now() >= intervalEnd || stopRequested.load(ordering: .relaxed) { break }
+                    try followBalloon()
+                }
                 n += 1
                 let r = rng.next()
                 let page = pattern == "skewed" && r % 10 != 0 ? Int((r >> 8) % UInt64(hot)) : Int((r >> 8) % UInt64(pageCount))
@@ -128,7 +157,7 @@ struct GuestPagerCommand: ParsableCommand {
                 "swap_ins": c.swapIns - last.swapIns, "double_paged": c.doublePaged - last.doublePaged,
                 "false_reads": c.falseReads - last.falseReads, "host_majflt": f.major - lastFaults.major,
                 "fault_p50_us": faultLatency.percentile(0.5), "fault_p99_us": faultLatency.percentile(0.99),
-                "rss": res.rss, "swap": res.swap,
+                "rss": res.rss, "swap": res.swap, "guest_ram": pager.usableFrames * 4096,
             ])
             last = c
             lastFaults = f

@@ -147,6 +147,7 @@ struct Swapfaird: ParsableCommand {
             notifier.watchdog()
         }
         notifier.stopping()
+        loop.finish()
         server?.stop()
         monitor?.stop()
         devices?.stop(logger: logger)

@@ -8,6 +8,11 @@ while the guest swaps pages to its own disk. One run per configuration, the same
   tracking  swapfair serves both: the host's swap over ublk (the same disk, whole) and the
             guest's swap on its NBD export (kernel nbd client, volume in RAM like null_blk); the
             double-paging tracker matches host swap-ins against guest swap-outs
+  avoidance tracking, write elision (a guest swap-out of a page the host just read back becomes a
+            reference to the host's block) and reclaim shifting (the whole daemon manages the
+            guest's group and, while it double-pages, shrinks it through its balloon and raises
+            its memory.high by as much); swapfaird is SIGKILLed and restarted before the verify
+  elision   (only when asked for in DP_CONFIGS) avoidance without reclaim shifting
 
 The guest pager records the ground truth: for each of its swap-outs, whether the host had swapped
 that frame at the moment (mincore), and for each swap-in into a host-swapped frame. The tracker's
@@ -24,9 +29,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labkit import BIN, OUT, MiB, Checks, cg_kill_and_remove, cg_make, cg_read, cg_write, log, mib, table
 
 GROUP = "lab.slice/dp-guest"
-# DP_CONFIGS="elision" runs only some of the configurations (to look at one closely).
-CONFIGS = os.environ.get("DP_CONFIGS", "plain tracking elision").split()
+BALLOON = "/run/swapfair/dp-balloon.sock"
+# DP_CONFIGS="elision avoidance" runs only some of the configurations (to look at one closely).
+CONFIGS = os.environ.get("DP_CONFIGS", "plain tracking avoidance").split()
 RAM, PAGES, HOST_HIGH, SECONDS = "96M", "192M", 64 * MiB, 40
+
+
+def json_lines(r):
+    """The guest pager's report lines of a run."""
+    path = os.path.join(OUT, f"dp-{r['label']}.jsonl")
+    return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
 
 
 def vmstat():
@@ -38,7 +50,7 @@ def vmstat():
     return out
 
 
-def run_guest(name, disk, truth=None, paused=None):
+def run_guest(name, disk, truth=None, paused=None, extra=()):
     """One run of the guest pager in its own group, with the host's limit below its RAM.
     `paused`: called once the pager has finished its run and let go of its disk, before it
     verifies every page (the pager waits until /tmp/dp-resume exists)."""
@@ -55,6 +67,7 @@ def run_guest(name, disk, truth=None, paused=None):
         os.unlink(resume)
     if paused:
         args += ["--pause-before-verify", resume]
+    args += list(extra)
     procs = os.path.join("/sys/fs/cgroup", GROUP, "cgroup.procs")
 
     def place():
@@ -94,7 +107,7 @@ def run_guest(name, disk, truth=None, paused=None):
     cg_kill_and_remove("lab.slice")
     if p.returncode != 0:
         log(f"{name}: exit status {p.returncode}: {p.stderr.decode(errors='replace')[-500:]}")
-    return {"rc": p.returncode, "seconds": secs, "summary": summary, "verify": verify, "events": " ".join(events),
+    return {"label": name, "rc": p.returncode, "seconds": secs, "summary": summary, "verify": verify, "events": " ".join(events),
             "host_in": (after["pswpin"] - before["pswpin"]) * 4096, "host_out": (after["pswpout"] - before["pswpout"]) * 4096}
 
 
@@ -131,11 +144,13 @@ def judge(truth_path, detected_path, key="host_swapped"):
             "precision": matched / len(detected) if detected else 0.0, "recall": matched / n_truth if n_truth else 0.0}
 
 
-def start_daemon(conf, logpath, detected_path, append=False):
-    """`detected_path`: where the daemon logs its detections (it starts the file afresh)."""
+def start_daemon(conf, logpath, detected_path, append=False, control=False):
+    """`detected_path`: where the daemon logs its detections (it starts the file afresh).
+    `control`: the whole daemon (memory control and reclaim shifting), not only the swap devices."""
     logf = open(logpath, "a" if append else "w")
     return subprocess.Popen([os.path.join(BIN, "swapfaird"), "--config", conf, "--socket", "/run/swapfair/dp.sock",
-                             "--swap-only", "--double-paging-events", detected_path], stdout=logf, stderr=logf)
+                             "--double-paging-events", detected_path] + ([] if control else ["--swap-only"]),
+                            stdout=logf, stderr=logf)
 
 
 def wait_for(logpath, word, n=1, seconds=60):
@@ -148,8 +163,10 @@ def wait_for(logpath, word, n=1, seconds=60):
     return None
 
 
-def run_swapfair(c, name, disk, elision=False):
-    """One run with swapfaird serving the host's swap (ublk) and the guest's (NBD)."""
+def run_swapfair(c, name, disk, elision=False, shifting=False):
+    """One run with swapfaird serving the host's swap (ublk) and the guest's (NBD). `shifting`: the
+    whole daemon manages the guest's group (its memory budget is the others' fixed memory.high)
+    and shifts its reclaim into the guest through the guest pager's balloon."""
     state, shared = f"/tmp/dp-state-{name}", f"/run/swapfair/shared-{name}"
     subprocess.run(["rm", "-rf", state, shared, "/run/swapfair/nbd/dp.sock"])
     os.makedirs(state)
@@ -158,10 +175,17 @@ def run_swapfair(c, name, disk, elision=False):
         fh.write(f'[host]\nstate_dir = "{state}"\nnbd_dir = "/run/swapfair/nbd"\nhost_swap_device = "{disk}"\n')
         if elision:
             fh.write(f'write_elision = true\nshared_map_dir = "{shared}"\n')
+        if shifting:
+            # One VM under a budget of what the other configurations fix as its memory.high; the
+            # swap budget is given because the host's swap (the ublk device) is not on yet when
+            # the daemon starts.
+            fh.write(f'memory_budget = "{HOST_HIGH >> 20}M"\nswap_budget = "1G"\nminimum_size = "32M"\n')
         fh.write('[[vm]]\nname = "dp"\nswap_device = { size = "256M" }\n')
+        if shifting:
+            fh.write(f'cgroup = "{GROUP}"\nballoon_qmp = "{BALLOON}"\n')
     detected_path = f"/tmp/dp-detected-{name}.txt"
     logpath = os.path.join(OUT, f"dp-daemon-{name}.log")
-    d = start_daemon(conf, logpath, detected_path)
+    d = start_daemon(conf, logpath, detected_path, control=shifting)
     text = wait_for(logpath, "device=/dev/ublkb")
     dev = next((w.split("=", 1)[1] for w in (text or "").split() if w.startswith("device=/dev/ublkb")), None)
     swapped_on = dev is not None and subprocess.run(f"mkswap {dev} >/dev/null && swapon {dev}", shell=True).returncode == 0
@@ -190,13 +214,14 @@ def run_swapfair(c, name, disk, elision=False):
         inswap = next((int(l.split()[3]) * 1024 for l in open("/proc/swaps") if l.startswith(dev)), 0)
         d.kill()
         d.wait()
-        d = start_daemon(conf, logpath, detected_path + ".after-restart", append=True)
+        d = start_daemon(conf, logpath, detected_path + ".after-restart", append=True, control=shifting)
         text = wait_for(logpath, "device=/dev/ublkb", n=2, seconds=90) or open(logpath).read()
         rebuilt = [l for l in text.splitlines() if "write elision" in l][-1:]
         restart.update({"host_in_swap": inswap, "taken_over": "taken over from the previous daemon" in text,
                         "rebuilt": rebuilt[0] if rebuilt else "", "reattached": subprocess.run(nbd, capture_output=True).returncode == 0})
 
-    r = run_guest(name, "/dev/nbd1", truth=truth_path, paused=crash if elision else None)
+    r = run_guest(name, "/dev/nbd1", truth=truth_path, paused=crash if elision else None,
+                  extra=["--balloon", BALLOON] if shifting else [])
     if not elision:
         status = read_status()
     r["served_write"] = status.get("write_bytes", 0)
@@ -210,7 +235,10 @@ def run_swapfair(c, name, disk, elision=False):
         d.wait(60)
     except subprocess.TimeoutExpired:
         d.kill()
-    r["stop_log"] = [l for l in open(logpath).read().splitlines() if "accounting at stop" in l][-1:]
+    text = open(logpath).read().splitlines()
+    r["stop_log"] = [l for l in text if "accounting at stop" in l][-1:]
+    r["shift_log"] = [l for l in text if "reclaim shift" in l]
+    r["highs"] = [l for l in text if "memory.high" in l and "→" in l]
     return r
 
 
@@ -233,8 +261,8 @@ def main():
     subprocess.run(["swapoff", "-a"], check=True)
     subprocess.run(["modprobe", "ublk_drv"], stderr=subprocess.DEVNULL)
     subprocess.run(["modprobe", "nbd"], check=True)
-    for name in [n for n in ("tracking", "elision") if n in CONFIGS]:
-        r = run_swapfair(c, name, disk, elision=name == "elision")
+    for name in [n for n in ("tracking", "elision", "avoidance") if n in CONFIGS]:
+        r = run_swapfair(c, name, disk, elision=name in ("elision", "avoidance"), shifting=name == "avoidance")
         if r:
             results[name] = r
     subprocess.run(f"mkswap {disk} >/dev/null && swapon {disk}", shell=True)
@@ -257,7 +285,7 @@ def main():
     log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, skewed, 30% writes, "
         f"{SECONDS} s; redundant read: host swap-ins that only fed a guest swap-out (truth); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "
-        "as references to the host's blocks instead (elision); reclaim shifting is not built yet)")
+        "as references to the host's blocks instead)")
     for name, r in results.items():
         v = r["verify"]
         c.check(r["rc"] == 0 and v.get("bad") == 0 and r["summary"].get("corrupt") == 0,
@@ -289,8 +317,8 @@ def main():
         # the guest to write them out, but mincore calls them resident. Printed, not yet a check.
         log(f"tracking: detection precision against mincore {100 * j['precision']:.1f}% "
             f"(goal 95%: {'met' if j['precision'] >= 0.95 else 'not met'})")
-    if "elision" in results:
-        r = results["elision"]
+    for name in [n for n in ("elision", "avoidance") if n in results]:
+        r = results[name]
         st, rs = r["status"], r["restart"]
         elided = st.get("elided_write_bytes") or 0
         # Redundant writes: guest swap-outs of pages the host had to read back from its swap first,
@@ -298,27 +326,48 @@ def main():
         # just brought back (mincore calls those resident, so it undercounts).
         redundant = r["judged_pte"]["truth"] * 4096
         want = r["summary"].get("swap_outs", 0) * 4096
-        log(f"elision: {mib(elided)} of {mib(want)} guest swap-outs elided; {mib(redundant)} were double-paged by the page "
+        log(f"{name}: {mib(elided)} of {mib(want)} guest swap-outs elided; {mib(redundant)} were double-paged by the page "
             f"table ({mib(r['summary'].get('double_paged', 0) * 4096)} by mincore): {100 * elided / max(redundant, 1):.1f}% "
             f"of the redundant writes elided (goal 90%: {'met' if elided >= 0.9 * redundant else 'not met'})")
         # The goal (90%) is printed above; the check is looser (measured 91.6% in the lab), so that it
         # catches elision that stopped working rather than a run's variation.
-        c.check(elided >= 0.7 * redundant, f"elision: at least 70% of the redundant writes elided ({100 * elided / max(redundant, 1):.1f}%)")
+        c.check(elided >= 0.7 * redundant, f"{name}: at least 70% of the redundant writes elided ({100 * elided / max(redundant, 1):.1f}%)")
         # Equal to the byte in most runs; once (of four) the status read at the pause came up short,
         # by less than 1.5 MiB of 17.5 MiB (only rounded figures were printed then), with every page
         # intact in the verify pass. Not understood yet: checked to 90%, printed exactly.
         c.check(elided > 0 and r.get("served_write", 0) + elided >= 0.9 * want,
-                f"elision: the guest's swap-outs were written or elided ({r.get('served_write', 0)} bytes written + "
+                f"{name}: the guest's swap-outs were written or elided ({r.get('served_write', 0)} bytes written + "
                 f"{elided} elided, {want} swapped out, {st.get('guest_swap_out_bytes')} seen by the tracker; "
                 f"status {json.dumps(st)[:400]})")
-        log(f"elision: swapfaird SIGKILLed with {mib(rs.get('host_in_swap', 0))} in host swap; restarted: {rs.get('rebuilt', '')[:300]}")
+        log(f"{name}: swapfaird SIGKILLed with {mib(rs.get('host_in_swap', 0))} in host swap; restarted: {rs.get('rebuilt', '')[:300]}")
         c.check(rs.get("taken_over") and rs.get("reattached"),
-                f"elision: the restarted swapfaird took the host swap device over and the guest's export was attached again")
+                f"{name}: the restarted swapfaird took the host swap device over and the guest's export was attached again")
         c.check("shared-block accounting rebuilt" in rs.get("rebuilt", ""),
-                "elision: the restarted daemon rebuilt the shared-block accounting from its tables with no disagreement")
+                f"{name}: the restarted daemon rebuilt the shared-block accounting from its tables with no disagreement")
         stop = r.get("stop_log", [""])[0] if r.get("stop_log") else ""
         c.check("consistent=true" in stop,
-                f"elision: at stop the live accounting equals a rebuild from the tables ({stop[stop.find('consistent'):][:160]})")
+                f"{name}: at stop the live accounting equals a rebuild from the tables ({stop[stop.find('consistent'):][:160]})")
+    if "avoidance" in results:
+        r = results["avoidance"]
+        for l in r["shift_log"][:12]:
+            log(f"avoidance: {l.strip()[:260]}")
+        grown = [l for l in r["shift_log"] if "reclaim shift 0 B →" in l]
+        c.check(bool(grown), "avoidance: the daemon shifted the guest's reclaim into it (its balloon took memory)")
+        balloon = [l for l in json_lines(r) if l.get("event") == "balloon"]
+        least = min((l["to"] for l in balloon), default=None)
+        c.check(least is not None and least < 96 * MiB,
+                f"avoidance: the guest pager's balloon followed (least guest RAM {mib(least or 0)}; {len(balloon)} balloon moves)")
+        if "tracking" in results:
+            before = results["tracking"]["summary"].get("double_paged", 0)
+            after = r["summary"].get("double_paged", 0)
+            rin_t, rin_a = results["tracking"]["host_in"], r["host_in"]
+            log(f"avoidance: double-paged swap-outs {before} (tracking) -> {after} (avoidance), "
+                f"{100 * (1 - after / max(before, 1)):.1f}% fewer; host swap-in {mib(rin_t)} -> {mib(rin_a)}")
+            c.check(after * 2 <= before, f"avoidance: double-paging reads at least halved by reclaim shifting ({before} -> {after})")
+        if "plain" in results:
+            ra, rc = results["plain"]["summary"].get("rate", 0), r["summary"].get("rate", 0)
+            log(f"avoidance: throughput {rc / 1000:.1f}k accesses/s against {ra / 1000:.1f}k with no swapfair "
+                f"(goal: above it: {'met' if rc > ra else 'not met'})")
     log(f"double_paging: {c.passed} passed, {c.failed} failed")
     return 0 if c.failed == 0 else 1
 

@@ -99,6 +99,16 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         (#"[host]\#nhost_swap_device = "/dev/sdb3"\#nelision_spare = "10%""#, "host.elision_spare: must be a size"),
         (#"[host]\#nshared_map_dir = "run/shared""#, "host.shared_map_dir: must be an absolute path"),
         (#"[host]\#nwrite_elisoin = true"#, "write_elision"),
+        (#"[host]\#nreclaim_shift_max = "80%""#, "host.reclaim_shift_max: must be a percentage of the guest's RAM"),
+        (#"[host]\#nreclaim_shift_max = "1G""#, "host.reclaim_shift_max: must be a percentage"),
+        (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G" }\#nballoon_qmp = "a.qmp""#, "balloon_qmp: must be an absolute path"),
+        (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G" }\#nballoon_qmp = "/run/a.qmp""#,
+         "balloon_qmp: reclaim shifting needs the host's swap served by swapfaird"),
+        (#"[host]\#nhost_swap_device = "/dev/sdb3"\#n[[vm]]\#nname = "a"\#nballoon_qmp = "/run/a.qmp""#,
+         "balloon_qmp: reclaim shifting needs the VM's swap_device"),
+        (#"[[vm]]\#nname = "a"\#nguest_memory = "4G""#, "guest_memory: is for reclaim shifting: give balloon_qmp too"),
+        (#"[[vm]]\#nname = "a"\#nballoon_qmp = "/run/a.qmp"\#nguest_memory = "10%""#, "guest_memory: must be a size"),
+        (#"[[vm]]\#nname = "a"\#nbaloon_qmp = "/run/a.qmp""#, #"did you mean "balloon_qmp"?"#),
     ])
     func badConfigurationsAreRefusedWithTheirLineAndKey(text: String, expected: String) {
         do {
@@ -107,6 +117,25 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         } catch {
             #expect(error.description.contains(expected), "got: \(error.description)")
         }
+    }
+
+    @Test func aBalloonForReclaimShiftingIsRead() throws {
+        let c = try load("""
+            [host]
+            host_swap_device = "/dev/sdb3"
+            reclaim_shift_max = "20%"
+            [[vm]]
+            name = "web"
+            swap_device = { size = "2G" }
+            balloon_qmp = "/run/qemu/web.qmp"
+            guest_memory = "4G"
+            [[vm]]
+            name = "db"
+            """)
+        #expect(c.host.reclaimShiftMax == 0.2)
+        #expect(c.vms[0].balloonQMP == "/run/qemu/web.qmp")
+        #expect(c.vms[0].guestMemory == 4 << 30)
+        #expect(c.vms[1].balloonQMP == nil && c.vms[1].guestMemory == nil)
     }
 
     @Test func everyProblemIsReportedNotJustTheFirst() {

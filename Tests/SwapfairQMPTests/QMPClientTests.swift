@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import SwapfairQMP
 import SwapfairSys
+import Synchronization
 
 /// A QMP peer in miniature on a Unix socket: greets, answers the commands it knows (with an event
 /// thrown in before each answer, as QEMU may send), refuses the others as QEMU does.
@@ -74,5 +75,42 @@ final class FakeQEMU: @unchecked Sendable {
         } catch {
             #expect(error.description.contains("/tmp/swapfair-no-such-qmp.sock"))
         }
+    }
+}
+
+/// The balloon responder a stand-in guest serves: swapfair's own QMP client drives it as it
+/// drives QEMU, one connection after another.
+@Suite struct BalloonResponderTests {
+    final class Guest: Sendable {
+        let bytes = Mutex<UInt64>(96 << 20)
+    }
+
+    @Test func answersTheBalloonCommandsAndRefusesTheRestAsQEMUDoes() throws {
+        let guest = Guest()
+        let path = "/tmp/swapfair-balloon-\(UUID().uuidString.prefix(8)).sock"
+        let responder = try BalloonResponder(path: path, setTarget: { v in guest.bytes.withLock { $0 = v } },
+                                             actual: { guest.bytes.withLock { $0 } })
+        responder.start()
+        defer { responder.stop() }
+        do {
+            let client = try QMPClient(path: path)
+            #expect(try client.balloonActual() == 96 << 20)
+            try client.setBalloonTarget(bytes: 72 << 20)
+            #expect(try client.balloonActual() == 72 << 20)
+            #expect(throws: QMPError.self) { try client.execute("quit") }
+            #expect(throws: QMPError.self) { try client.execute("balloon", arguments: ["value": -5]) }
+        }
+        // The next client, after the first has gone (one at a time, as QEMU's socket).
+        do {
+            let again = try QMPClient(path: path)
+            #expect(try again.balloonActual() == 72 << 20)
+        }
+        // Garbage gets an error reply, not a hang or a crash.
+        let raw = try UnixSocket.connect(to: path)
+        raw.setTimeout(seconds: 5)
+        _ = try raw.read(until: 0x0A, limit: 4096)  // greeting
+        try raw.writeAll(Array("this is not json\n".utf8))
+        let reply = String(decoding: try raw.read(until: 0x0A, limit: 4096), as: UTF8.self)
+        #expect(reply.contains("GenericError"))
     }
 }

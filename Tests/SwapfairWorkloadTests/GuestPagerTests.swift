@@ -44,6 +44,72 @@ final class MemoryDisk: GuestSwapDisk {
         }
     }
 
+    /// The balloon: it takes empty frames first, then clean ones (dropped with no write), dirty
+    /// ones last; the frames it holds are released and never used while it holds them; growing
+    /// brings them back; every page stays intact throughout.
+    @Test func theBalloonTakesFreeThenCleanFramesAndGivesThemBack() throws {
+        try Self.withRAM(frames: 64) { ram in
+            let disk = MemoryDisk()
+            let pager = GuestPager(ram: ram, frameCount: 64, pageCount: 128, disk: disk) { _ in true }
+            var x = XorShift(seed: 3)
+            func run(_ n: Int, writes: Bool = true) throws {
+                for _ in 0..<n {
+                    let r = x.next()
+                    try pager.access(page: Int(r % 128), write: writes && r & 0x100 != 0)
+                }
+            }
+            // Ten frames in use, 54 never used: the balloon takes 24 of the empty ones, no I/O.
+            for p in 0..<10 { try pager.access(page: p, write: true) }
+            var released: [Int] = []
+            func take(_ n: Int) throws {
+                try pager.setUsableFrames(n) { p, len in
+                    #expect(len == GuestPager.pageSize)
+                    released.append((p - ram) / GuestPager.pageSize)
+                }
+            }
+            try take(40)
+            #expect(pager.usableFrames == 40 && released.count == 24)
+            #expect(disk.writes == 0, "empty frames cost nothing")
+            try run(3000)
+            // Clean frames before dirty ones: reads only make every resident page clean.
+            for p in 0..<128 { try pager.access(page: p, write: false) }
+            let writes = disk.writes
+            released = []
+            try take(20)
+            #expect(released.count == 20 && disk.writes == writes, "clean pages are dropped, not written")
+            // All the balloon's frames are left alone while it holds them.
+            let held = Set(released)
+            for f in held { (ram + f * GuestPager.pageSize).initializeMemory(as: UInt8.self, repeating: 0xA5, count: GuestPager.pageSize) }
+            try run(3000)
+            for f in held {
+                #expect(UnsafeRawBufferPointer(start: ram + f * GuestPager.pageSize, count: GuestPager.pageSize).allSatisfy { $0 == 0xA5 })
+            }
+            #expect(try pager.verifyAll() == 0)
+            // Dirty frames go last, written out first: with all 20 frames in play dirty, taking 4
+            // writes 4.
+            for p in 0..<20 { try pager.access(page: p, write: true) }
+            let before = disk.writes
+            var prefetched = 0
+            try pager.setUsableFrames(16, prefetch: { _, n in prefetched += n / GuestPager.pageSize }, release: { _, _ in })
+            #expect(prefetched == 4, "the frames to write are announced first")
+            #expect(pager.usableFrames == 16)
+            #expect(disk.writes == before + 4)
+            #expect(try pager.verifyAll() == 0)
+            // Growing: every frame is used again.
+            try pager.setUsableFrames(1000) { _, _ in Issue.record("growing releases nothing") }
+            #expect(pager.usableFrames == 64)
+            try run(6000)
+            for f in held {
+                #expect(!UnsafeRawBufferPointer(start: ram + f * GuestPager.pageSize, count: GuestPager.pageSize).allSatisfy { $0 == 0xA5 },
+                        "frame \(f) is in use again")
+            }
+            #expect(try pager.verifyAll() == 0 && pager.counters.corrupt == 0)
+            try pager.setUsableFrames(0) { _, _ in }
+            #expect(pager.usableFrames == 16, "the balloon leaves the guest at least 16 frames")
+            #expect(try pager.verifyAll() == 0)
+        }
+    }
+
     @Test func aPageThatComesBackWrongIsCounted() throws {
         try Self.withRAM(frames: 2) { ram in
             let disk = MemoryDisk()
