@@ -181,8 +181,10 @@ public final class ControlLoop {
             return 0
         }
         let previous = vms[i].shift
+        let taken = known.actual.map { full > $0 ? full - $0 : 0 } ?? 0
         let (s, decision) = shifter.step(previous, redundantReadTotal: counters.redundantReadBytes,
-                                         guestSwapOutTotal: counters.guestSwapOutBytes, now: now, guestMemory: full)
+                                         guestSwapOutTotal: counters.guestSwapOutBytes, now: now, guestMemory: full,
+                                         taken: taken)
         vms[i].shift = s
         let before = previous?.shift ?? 0
         if s.shift != before {
@@ -204,7 +206,6 @@ public final class ControlLoop {
         // make the guest pay twice for the move (in the lab a 12 MiB move took 9 s that way). A
         // balloon that accepts and does not move (no driver in the guest) gets only what it took
         // after `balloonGrace` seconds. Going down, the raise follows the balloon as it lets go.
-        let taken = known.actual.map { full > $0 ? full - $0 : 0 } ?? 0
         let accepted = known.sent.map { full > $0 ? full - $0 : 0 } ?? 0
         let moving = known.error == nil && monotonicSeconds() - known.sentAt < balloonGrace
         return min(max(taken, moving ? accepted : 0), max(before, s.shift))

@@ -46,6 +46,9 @@ public struct ReclaimShift: Sendable {
         /// First tick, or the counters went back (the tracker restarted): nothing to compare yet.
         case start
         case grow(rate: Double, share: Double)
+        /// Double paging while the balloon has not yet taken what it was asked: growing now would
+        /// overshoot (the pattern lasts until the balloon has moved, whatever the shift).
+        case waitingForBalloon(rate: Double, taken: UInt64)
         /// Double paging at the bound: nothing more to shift.
         case atBound(rate: Double, share: Double)
         case hold(rate: Double, share: Double)
@@ -57,6 +60,7 @@ public struct ReclaimShift: Sendable {
             switch self {
             case .start: return "first reading"
             case .grow(let r, let s): return "double paging \(rate(r)) (\(Format.percent(s)) of guest swap-outs): shift more into the guest"
+            case .waitingForBalloon(let r, let t): return "double paging \(rate(r)) while the balloon has taken \(Format.bytes(t)) of the shift: wait for it"
             case .atBound(let r, let s): return "double paging \(rate(r)) (\(Format.percent(s)) of guest swap-outs) with the shift at its bound"
             case .hold(let r, _): return "double paging \(rate(r)): hold"
             case .calm(let r, let n): return "calm (\(rate(r))) for \(n) tick(s)"
@@ -82,9 +86,10 @@ public struct ReclaimShift: Sendable {
     }
 
     /// One tick. `redundantReadTotal`: bytes the host read back that only fed a guest swap-out (the
-    /// tracker's count since it started); `guestSwapOutTotal`: all of the guest's swap-outs.
+    /// tracker's count since it started); `guestSwapOutTotal`: all of the guest's swap-outs;
+    /// `taken`: what the balloon has taken so far (nil: not known, taken to be all of the shift).
     public func step(_ previous: State?, redundantReadTotal: UInt64, guestSwapOutTotal: UInt64,
-                     now: Double, guestMemory: UInt64) -> (State, Decision) {
+                     now: Double, guestMemory: UInt64, taken: UInt64? = nil) -> (State, Decision) {
         let bound = bound(guestMemory: guestMemory)
         var s = State(shift: min(previous?.shift ?? 0, bound), redundantReadTotal: redundantReadTotal,
                       guestSwapOutTotal: guestSwapOutTotal, time: now, calm: previous?.calm ?? 0)
@@ -100,6 +105,7 @@ public struct ReclaimShift: Sendable {
         if rate >= p.triggerBytesPerSecond && share >= p.triggerShare {
             s.calm = 0
             guard s.shift < bound else { return (s, .atBound(rate: rate, share: share)) }
+            if let taken, taken + step / 2 < s.shift { return (s, .waitingForBalloon(rate: rate, taken: taken)) }
             s.shift = min(bound, s.shift + step)
             return (s, .grow(rate: rate, share: share))
         }

@@ -2,6 +2,15 @@
 public protocol GuestSwapDisk {
     func write(block: Int, from page: UnsafeRawBufferPointer) throws
     func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws
+    /// Several pages at once, in any order or all together (a guest kernel's batch of swap writes
+    /// is in flight at once); returns when all are written.
+    func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws
+}
+
+extension GuestSwapDisk {
+    public func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws {
+        for (block, page) in batch { try write(block: block, from: page) }
+    }
 }
 
 /// What a guest pager counts. "Host-swapped" is the ground truth of double paging: the frame was
@@ -70,6 +79,8 @@ public final class GuestPager {
     var freeFrames: [Int32] = []
     /// Frames the balloon holds (given back to the host): never used until it lets them go.
     var ballooned: [Bool]
+    /// When each frame was last accessed (the access count then), for the balloon's choice.
+    var lastUse: [UInt64]
     /// Frames in play: the rest are the balloon's (`setUsableFrames`).
     public private(set) var usableFrames: Int
 
@@ -85,6 +96,7 @@ public final class GuestPager {
         self.hostResident = hostResident
         usableFrames = frameCount
         ballooned = Array(repeating: false, count: frameCount)
+        lastUse = Array(repeating: 0, count: frameCount)
         frameOfPage = Array(repeating: -1, count: pageCount)
         pageOfFrame = Array(repeating: -1, count: frameCount)
         referenced = Array(repeating: false, count: frameCount)
@@ -121,6 +133,7 @@ public final class GuestPager {
             f = try fault(page)
         }
         referenced[f] = true
+        lastUse[f] = counters.accesses
         if write {
             version[page] &+= 1
             fill(frame(f), page: page, version: version[page])
@@ -170,11 +183,11 @@ public final class GuestPager {
 
     /// The balloon: the guest keeps `count` frames (at least 16, at most all). To shrink, the
     /// balloon takes what a guest's allocator would hand its balloon driver: empty frames first,
-    /// then frames whose page is clean (already on the disk: dropped with no I/O), cold before
-    /// recently used, and dirty frames last (swapped out first, as a guest's reclaim would).
+    /// then the least recently used, whose pages are dropped if clean (already on the disk) and
+    /// swapped out first if dirty, as a guest's reclaim would.
     /// Each frame taken is given back to the host (`release`, e.g. `madvise(MADV_DONTNEED)`, which
     /// also frees its host swap slot unread). Growing lets frames go: they are empty.
-    /// `prefetch` is told the frames about to be written out first, all at once (e.g.
+    /// `prefetch` is told the frames about to be written out first, a batch at a time (e.g.
     /// `madvise(MADV_WILLNEED)`, so the host reads back those it swapped in parallel, as it would
     /// for a guest kernel's batch of swap writes).
     public func setUsableFrames(_ count: Int, prefetch: (UnsafeMutableRawPointer, Int) -> Void = { _, _ in },
@@ -189,30 +202,28 @@ public final class GuestPager {
             }
         } else if n < usableFrames {
             var wanted = usableFrames - n
-            // Classes in order of preference, each in clock order from the hand.
-            var classes: [[Int]] = [[], [], [], []]
-            for i in 0..<frameCount {
-                let f = (hand + i) % frameCount
-                guard !ballooned[f] else { continue }
-                let page = Int(pageOfFrame[f])
-                if page < 0 { classes[0].append(f) }
-                else if !dirty[f] && onDisk[page] { classes[referenced[f] ? 2 : 1].append(f) }
-                else { classes[3].append(f) }
+            // Empty frames first, then the least recently used (a guest kernel's reclaim takes
+            // its inactive list's tail; the clock's referenced bits are too coarse for that when
+            // the hand moves slowly, and a balloon that took hot pages would make the guest fault
+            // them straight back).
+            var empty: [Int] = [], used: [Int] = []
+            for f in 0..<frameCount where !ballooned[f] {
+                if pageOfFrame[f] < 0 { empty.append(f) } else { used.append(f) }
             }
-            var taken: [Int] = []
-            for c in classes {
-                for f in c where wanted > 0 {
-                    taken.append(f)
-                    wanted -= 1
+            used.sort { lastUse[$0] < lastUse[$1] }
+            let taken = Array((empty + used).prefix(wanted))
+            // In batches of 32, as a kernel's reclaim writes (SWAP_CLUSTER_MAX): each batch is
+            // announced just before it is written.
+            for start in stride(from: 0, to: taken.count, by: 32) {
+                let batch = taken[start..<min(taken.count, start + 32)]
+                for f in batch where pageOfFrame[f] >= 0 && (dirty[f] || !onDisk[Int(pageOfFrame[f])]) {
+                    prefetch(frame(f), Self.pageSize)
                 }
-            }
-            for f in taken where pageOfFrame[f] >= 0 && (dirty[f] || !onDisk[Int(pageOfFrame[f])]) {
-                prefetch(frame(f), Self.pageSize)
-            }
-            for f in taken {
-                try evict(f)
-                ballooned[f] = true
-                release(frame(f), Self.pageSize)
+                try evict(batch)
+                for f in batch {
+                    ballooned[f] = true
+                    release(frame(f), Self.pageSize)
+                }
             }
             let gone = Set(taken.map(Int32.init))
             freeFrames.removeAll { gone.contains($0) }
@@ -220,27 +231,39 @@ public final class GuestPager {
         usableFrames = n
     }
 
-    /// Empties frame `f`: its page goes to the disk if the disk's copy is not current.
-    func evict(_ f: Int) throws {
-        let victim = Int(pageOfFrame[f])
-        referenced[f] = false
-        if victim >= 0 {
+    /// Empties the frames of a batch, writing the stale pages among them in one batch.
+    func evict(_ frames: ArraySlice<Int>) throws {
+        var writes: [(block: Int, page: UnsafeRawBufferPointer)] = []
+        var truth: [(block: Int, swapped: Bool, entry: Bool?)] = []
+        for f in frames {
+            let victim = Int(pageOfFrame[f])
+            referenced[f] = false
+            guard victim >= 0 else { continue }
             if dirty[f] || !onDisk[victim] {
                 let swapped = !hostResident(frame(f))
-                let entry = hostSwapEntry?(frame(f))
-                if swapped { counters.doublePaged += 1 }
-                try disk.write(block: victim, from: UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize))
-                counters.swapOuts += 1
-                onDisk[victim] = true
-                onSwapOut?(victim, swapped, entry)
+                truth.append((victim, swapped, hostSwapEntry?(frame(f))))
+                writes.append((victim, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize)))
             } else {
                 counters.drops += 1
             }
-            frameOfPage[victim] = -1
-            pageOfFrame[f] = -1
         }
-        dirty[f] = false
+        try disk.write(batch: writes)
+        for t in truth {
+            if t.swapped { counters.doublePaged += 1 }
+            counters.swapOuts += 1
+            onDisk[t.block] = true
+            onSwapOut?(t.block, t.swapped, t.entry)
+        }
+        for f in frames {
+            let victim = Int(pageOfFrame[f])
+            if victim >= 0 { frameOfPage[victim] = -1 }
+            pageOfFrame[f] = -1
+            dirty[f] = false
+        }
     }
+
+    /// Empties frame `f`: its page goes to the disk if the disk's copy is not current.
+    func evict(_ f: Int) throws { try evict([f][...]) }
 
     /// Reads every page (through faults where needed) and counts those whose content is not what
     /// was last written. Returns the number of bad pages.

@@ -1,3 +1,4 @@
+import Dispatch
 import SwapfairSys
 import SwapfairWorkload
 import SystemPackage
@@ -57,6 +58,33 @@ final class BlockFileDisk: GuestSwapDisk, @unchecked Sendable {
     func write(block: Int, from page: UnsafeRawBufferPointer) throws {
         let n = try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(GuestPager.pageSize), page)
         guard n == page.count else { throw Failure(description: "short write to \(path) at block \(block)") }
+    }
+
+    /// The pages of a batch go out from up to eight threads at once (a guest kernel keeps many
+    /// swap writes in flight); the first failure is thrown once all have finished.
+    func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws {
+        guard batch.count > 1 else { for (b, p) in batch { try write(block: b, from: p) }; return }
+        struct Shared: @unchecked Sendable {
+            // The pages stay mapped and unchanged until this returns; each index is one thread's.
+            let batch: [(block: Int, page: UnsafeRawBufferPointer)]
+            let failures: UnsafeMutableBufferPointer<String?>
+        }
+        let failures = UnsafeMutableBufferPointer<String?>.allocate(capacity: batch.count)
+        failures.initialize(repeating: nil)
+        defer { failures.deallocate() }
+        let shared = Shared(batch: batch, failures: failures)
+        let raw = fd.rawValue, path = path
+        let lanes = min(8, batch.count)
+        DispatchQueue.concurrentPerform(iterations: lanes) { lane in
+            for i in stride(from: lane, to: shared.batch.count, by: lanes) {
+                let (block, page) = shared.batch[i]
+                let n = pwrite(raw, page.baseAddress, page.count, off_t(block) * off_t(GuestPager.pageSize))
+                if n != page.count {
+                    shared.failures[i] = "write to \(path) at block \(block): " + (n < 0 ? "\(Errno(rawValue: errno))" : "short")
+                }
+            }
+        }
+        if let first = failures.compactMap({ $0 }).first { throw Failure(description: first) }
     }
 
     func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws {

@@ -328,7 +328,9 @@ def main():
         want = r["summary"].get("swap_outs", 0) * 4096
         log(f"{name}: {mib(elided)} of {mib(want)} guest swap-outs elided; {mib(redundant)} were double-paged by the page "
             f"table ({mib(r['summary'].get('double_paged', 0) * 4096)} by mincore): {100 * elided / max(redundant, 1):.1f}% "
-            f"of the redundant writes elided (goal 90%: {'met' if elided >= 0.9 * redundant else 'not met'})")
+            f"of the redundant writes elided (goal 90%: {'met' if elided >= 0.9 * redundant else 'not met'})"
+            + ("; more than 100%: elision also takes swap-outs of pages the host read back from its swap a while "
+               "before, which the page table shows resident again by then" if elided > redundant else ""))
         # The goal (90%) is printed above; the check is looser (measured 91.6% in the lab), so that it
         # catches elision that stopped working rather than a run's variation.
         c.check(elided >= 0.7 * redundant, f"{name}: at least 70% of the redundant writes elided ({100 * elided / max(redundant, 1):.1f}%)")
@@ -361,9 +363,26 @@ def main():
             before = results["tracking"]["summary"].get("double_paged", 0)
             after = r["summary"].get("double_paged", 0)
             rin_t, rin_a = results["tracking"]["host_in"], r["host_in"]
-            log(f"avoidance: double-paged swap-outs {before} (tracking) -> {after} (avoidance), "
-                f"{100 * (1 - after / max(before, 1)):.1f}% fewer; host swap-in {mib(rin_t)} -> {mib(rin_a)}")
-            c.check(after * 2 <= before, f"avoidance: double-paging reads at least halved by reclaim shifting ({before} -> {after})")
+            log(f"avoidance, whole run: double-paged swap-outs {before} (tracking) -> {after} (avoidance); "
+                f"host swap-in {mib(rin_t)} -> {mib(rin_a)}")
+            # The move itself double-pages: the pages the balloon takes that the host has swapped
+            # are read back once for the guest to write them. So the effect is judged once the
+            # balloon has settled (its last move plus 2 s, to the end of the run), against the
+            # tracking run's rate from the moment its double paging began.
+            per_s = lambda lines: [l for l in lines if "rate" in l and "event" not in l]
+            t_lines, a_lines = per_s(json_lines(results["tracking"])), per_s(json_lines(r))
+            onset = next((l["t"] for l in t_lines if l["double_paged"] > 0), None)
+            ref = [l for l in t_lines if onset is not None and l["t"] >= onset]
+            settled_at = max((l["t"] for l in balloon), default=SECONDS) + 2
+            win = [l for l in a_lines if l["t"] > settled_at]
+            rate = lambda ls, k: sum(l[k] for l in ls) / max(1e-9, sum(1 for _ in ls)) if ls else 0.0
+            ref_dp, win_dp = rate(ref, "double_paged"), rate(win, "double_paged")
+            log(f"avoidance, settled (from {settled_at:.0f} s, {len(win)} s): {win_dp:.1f} double-paged swap-outs/s and "
+                f"{rate(win, 'rate') / 1000:.1f}k accesses/s, against {ref_dp:.1f}/s and {rate(ref, 'rate') / 1000:.1f}k in "
+                f"tracking from its onset at {onset} s")
+            c.check(len(win) >= 5 and win_dp * 2 <= ref_dp,
+                    f"avoidance: double-paging reads at least halved by reclaim shifting once the balloon settled "
+                    f"({ref_dp:.1f}/s -> {win_dp:.1f}/s over {len(win)} s)")
         if "plain" in results:
             ra, rc = results["plain"]["summary"].get("rate", 0), r["summary"].get("rate", 0)
             log(f"avoidance: throughput {rc / 1000:.1f}k accesses/s against {ra / 1000:.1f}k with no swapfair "

@@ -31,6 +31,26 @@ import Testing
         if case .atBound = r[8].1 {} else { Issue.record("at the bound: \(r[8].1)") }
     }
 
+    @Test func itWaitsForTheBalloonBeforeGrowingAgain() {
+        var state: ReclaimShift.State? = nil
+        var shifts: [UInt64] = []
+        var decisions: [ReclaimShift.Decision] = []
+        // The balloon takes 16 MiB a tick towards what it was asked.
+        var held: UInt64 = 0
+        for t in 0...8 {
+            held = min(state?.shift ?? 0, held + 16 * MiB)
+            let taken = held
+            let (s, d) = policy.step(state, redundantReadTotal: UInt64(t) * 4 * MiB, guestSwapOutTotal: UInt64(t) * 8 * MiB,
+                                     now: Double(t), guestMemory: guest, taken: taken)
+            state = s
+            shifts.append(s.shift)
+            decisions.append(d)
+        }
+        // A step is taken again once the balloon is within half a step of the last.
+        #expect(shifts == [0, 64, 64, 128, 128, 128, 128, 192, 192].map { $0 * MiB }, "\(shifts.map { $0 / MiB })")
+        if case .waitingForBalloon = decisions[2] {} else { Issue.record("\(decisions[2])") }
+    }
+
     @Test func aGuestThatSwapsHardButRarelyPicksHostSwappedPagesIsLeftAlone() {
         // 1 MiB/s of double paging, but it is 2% of 50 MiB/s of guest swap-outs.
         let r = run([(0, 0)] + Array(repeating: (1 * MiB, 50 * MiB), count: 5))

@@ -71,12 +71,15 @@ final class MemoryDisk: GuestSwapDisk {
             #expect(pager.usableFrames == 40 && released.count == 24)
             #expect(disk.writes == 0, "empty frames cost nothing")
             try run(3000)
-            // Clean frames before dirty ones: reads only make every resident page clean.
+            // The least recently used go first: after reads of every page, the last 40 read are
+            // resident and clean; the 20 read first of them are taken, dropped with no write.
             for p in 0..<128 { try pager.access(page: p, write: false) }
-            let writes = disk.writes
+            let writes = disk.writes, faults = pager.counters.guestFaults
             released = []
             try take(20)
             #expect(released.count == 20 && disk.writes == writes, "clean pages are dropped, not written")
+            for p in 108..<128 { try pager.access(page: p, write: false) }
+            #expect(pager.counters.guestFaults == faults, "the 20 used last stay in")
             // All the balloon's frames are left alone while it holds them.
             let held = Set(released)
             for f in held { (ram + f * GuestPager.pageSize).initializeMemory(as: UInt8.self, repeating: 0xA5, count: GuestPager.pageSize) }
