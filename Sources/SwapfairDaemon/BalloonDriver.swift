@@ -23,6 +23,8 @@ final class BalloonDriver: Sendable {
         var sentAt: Double = 0
         var error: String?
         var busy = false
+        /// The balloon has answered this daemon at least once (`actual` is its word, not the record's).
+        var answered = false
     }
 
     let vm: String
@@ -89,6 +91,7 @@ final class BalloonDriver: Sendable {
                 if let sent { k.sent = sent; k.sentAt = monotonicSeconds() }
                 if let actual {
                     k.actual = actual
+                    k.answered = true
                     if k.guestMemory == nil { k.guestMemory = actual }
                 }
                 if failure != k.error {

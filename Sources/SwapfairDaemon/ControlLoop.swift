@@ -180,7 +180,16 @@ public final class ControlLoop {
             balloon.update(target: nil)
             return 0
         }
-        let previous = vms[i].shift
+        var previous = vms[i].shift
+        if let p = previous, p.shift > 0, known.answered, known.sentAt == 0, let a = known.actual, a >= full {
+            // Resumed from a record, but the balloon has given the guest all its RAM (a new VMM,
+            // or someone deflated it): there is no shift in force to undo.
+            logger.notice("the guest has all its RAM: the shift recorded before the restart is forgotten",
+                          metadata: ["vm": "\(name)", "shift": "\(Format.bytes(p.shift))"])
+            previous = ReclaimShift.State(shift: 0, redundantReadTotal: p.redundantReadTotal,
+                                          guestSwapOutTotal: p.guestSwapOutTotal, time: p.time)
+            ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name)
+        }
         let taken = known.actual.map { full > $0 ? full - $0 : 0 } ?? 0
         let (s, decision) = shifter.step(previous, redundantReadTotal: counters.redundantReadBytes,
                                          guestSwapOutTotal: counters.guestSwapOutBytes, now: now, guestMemory: full,

@@ -152,6 +152,29 @@ import SwapfairTracking
         #expect(loop.vms[0].plan?.reclaimShift == 0, "past its grace a balloon that took nothing gets no raise")
     }
 
+    /// A record from before a restart whose VMM has since started afresh (all its RAM): forgotten,
+    /// nothing raised, nothing asked of the new balloon.
+    @Test func aRecordedShiftIsForgottenWhenTheGuestHasAllItsRAM() throws {
+        let tree = try FakeCgroupTree()
+        for name in ["a", "b"] { try tree.add("machine.slice/\(name).scope", FakeCgroupTree.Group(current: 1800 * MiB)) }
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try ShiftRecord(guestMemory: 2 * GiB, shift: 256 * MiB).save(stateDir: dir, vm: "a")
+        let qmp = "/tmp/swapfair-shift-\(UUID().uuidString.prefix(8)).qmp"
+        let balloon = try Balloon(path: qmp)
+        defer { balloon.responder.stop() }
+        let log = LogCapture()
+        let loop = ControlLoop(configuration: try config(qmp), facts: facts, root: CgroupRoot(path: tree.path),
+                               logger: log.logger(), now: 0)
+        loop.tracker = DoublePagingTracker()
+        for _ in 0..<250 where loop.vms[0].balloon?.state.answered != true { usleep(4000) }
+        _ = tick(loop, 1)
+        _ = tick(loop, 2)
+        #expect(log.contains("the shift recorded before the restart is forgotten"))
+        #expect(loop.vms[0].shift?.shift == 0 && loop.vms[0].plan?.reclaimShift == 0)
+        #expect(ShiftRecord.load(stateDir: dir, vm: "a") == nil)
+        #expect(balloon.now == 2 * GiB)
+    }
+
     @Test func aBalloonThatCannotBeReachedIsNamedAndNothingIsRaised() throws {
         let tree = try FakeCgroupTree()
         for name in ["a", "b"] { try tree.add("machine.slice/\(name).scope", FakeCgroupTree.Group(current: 1800 * MiB)) }
