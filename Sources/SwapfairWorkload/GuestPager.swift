@@ -201,7 +201,7 @@ public final class GuestPager {
                 k -= 1
             }
         } else if n < usableFrames {
-            var wanted = usableFrames - n
+            let wanted = usableFrames - n
             // Empty frames first, then the least recently used (a guest kernel's reclaim takes
             // its inactive list's tail; the clock's referenced bits are too coarse for that when
             // the hand moves slowly, and a balloon that took hot pages would make the guest fault
