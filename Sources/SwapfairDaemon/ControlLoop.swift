@@ -47,9 +47,7 @@ public final class ControlLoop {
     /// MGLRU sampling of active fractions, when the kernel has it; else the LRU lists are used.
     public let activity: ActivityMonitor?
     /// The VMs' swap devices, when any are configured (for the status report).
-    public var swapDevices: SwapDevices? {
-        didSet { if tracker == nil { tracker = swapDevices?.tracker } }
-    }
+    public var swapDevices: SwapDevices?
     /// Where reclaim shifting reads each VM's double paging (the swap devices' tracker).
     public var tracker: DoublePagingTracker?
     var vms: [TrackedVM]
@@ -154,7 +152,8 @@ public final class ControlLoop {
     /// guests grow back into them); a crash leaves both, and the restarted daemon resumes.
     public func finish() {
         for i in vms.indices {
-            guard let b = vms[i].balloon, (vms[i].shift?.shift ?? 0) > 0 || ShiftRecord.load(stateDir: configuration.host.stateDir, vm: vms[i].config.name) != nil else { continue }
+            // A record exists exactly while the shift is above 0 (loaded at start, kept in step).
+            guard let b = vms[i].balloon, (vms[i].shift?.shift ?? 0) > 0 else { continue }
             let name = vms[i].config.name
             if b.deflate(timeout: 5) {
                 ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name)

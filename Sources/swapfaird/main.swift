@@ -113,6 +113,7 @@ struct Swapfaird: ParsableCommand {
                                writer: KnobWriter(backend: choice.backend), board: board,
                                activity: monitor, now: monotonicSeconds())
         loop.swapDevices = devices
+        loop.tracker = devices?.tracker
         let daemon = Daemon()
         let signals = daemon.handleSignals(logger: logger)
 

@@ -36,12 +36,6 @@ CONFIGS = os.environ.get("DP_CONFIGS", "plain tracking avoidance").split()
 RAM, PAGES, HOST_HIGH, SECONDS = "96M", "192M", 64 * MiB, int(os.environ.get("DP_SECONDS", "40"))
 
 
-def json_lines(r):
-    """The guest pager's report lines of a run."""
-    path = os.path.join(OUT, f"dp-{r['label']}.jsonl")
-    return [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
-
-
 def vmstat():
     out = {}
     with open("/proc/vmstat") as fh:
@@ -108,7 +102,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=()):
     cg_kill_and_remove("lab.slice")
     if p.returncode != 0:
         log(f"{name}: exit status {p.returncode}: {p.stderr.decode(errors='replace')[-500:]}")
-    return {"label": name, "rc": p.returncode, "seconds": secs, "summary": summary, "verify": verify, "events": " ".join(events),
+    return {"label": name, "lines": lines, "rc": p.returncode, "seconds": secs, "summary": summary, "verify": verify, "events": " ".join(events),
             "host_in": (after["pswpin"] - before["pswpin"]) * 4096, "host_out": (after["pswpout"] - before["pswpout"]) * 4096}
 
 
@@ -370,7 +364,7 @@ def main():
             log(f"avoidance: {l.strip()[:260]}")
         grown = [l for l in r["shift_log"] if "reclaim shift 0 B →" in l]
         c.check(bool(grown), "avoidance: the daemon shifted the guest's reclaim into it (its balloon took memory)")
-        balloon = [l for l in json_lines(r) if l.get("event") == "balloon"]
+        balloon = [l for l in r["lines"] if l.get("event") == "balloon"]
         least = min((l["to"] for l in balloon), default=None)
         c.check(least is not None and least < 96 * MiB,
                 f"avoidance: the guest pager's balloon followed (least guest RAM {mib(least or 0)}; {len(balloon)} balloon moves)")
@@ -385,7 +379,7 @@ def main():
             # balloon has settled (its last move plus 2 s, to the end of the run), against the
             # tracking run's rate from the moment its double paging began.
             per_s = lambda lines: [l for l in lines if "rate" in l and "event" not in l]
-            t_lines, a_lines = per_s(json_lines(results["tracking"])), per_s(json_lines(r))
+            t_lines, a_lines = per_s(results["tracking"]["lines"]), per_s(r["lines"])
             onset = next((l["t"] for l in t_lines if l["double_paged"] > 0), None)
             ref = [l for l in t_lines if onset is not None and l["t"] >= onset]
             settled_at = max((l["t"] for l in balloon if l["to"] < l["from"]), default=SECONDS) + 2
