@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Throughput of one swapfair NBD export against qemu-nbd and nbdkit serving the same kind of
 # backing file, and against fio's io_uring on the file itself (the ceiling), side by side in one
-# run: 4 KiB random read and write at queue depth 32, 64 KiB sequential read and write.
+# run: 4 KiB random read and write at queue depth 1 (a swapping guest's usual case) and 32, 64 KiB
+# sequential read and write.
 #   Benchmarks/nbd/throughput.sh [SECONDS_PER_JOB]        (default 8)
+# SWAPFAIRD=path runs another build of the daemon; SWAPFAIRD_COMPARE=path adds a column for a
+# second build, served from its own file of the same kind (two versions side by side in one run).
 # Needs fio, qemu-utils (qemu-nbd), nbdkit; installs them from Debian if missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,27 +23,40 @@ trap cleanup EXIT
 
 # The same kind of backing file for every server: a fully written file of $size on the same disk
 # (written, not fallocated: reads of unwritten extents never reach the disk).
-for f in swapfair qemu nbdkit local; do
+compare=${SWAPFAIRD_COMPARE:-}
+for f in swapfair qemu nbdkit local ${compare:+compare}; do
     dd if=/dev/zero of="$work/$f.img" bs=1M count=$(( ${size%G} * 1024 )) oflag=direct status=none
 done
 mkdir -p "$work/state/volumes"
 mv "$work/swapfair.img" "$work/state/volumes/bench.img"
-cat > "$work/swapfair.toml" <<TOML
+serve() {  # daemon state-dir socket-dir: one export "bench" of the volume in state-dir
+    cat > "$2.toml" <<TOML
 [host]
-state_dir = "$work/state"
-nbd_dir = "$work/nbd"
+state_dir = "$2"
+nbd_dir = "$3"
 swap_queue_depth = 64
 [[vm]]
 name = "bench"
 swap_device = { size = "$size" }
 TOML
-.build/release/swapfaird --config "$work/swapfair.toml" --socket "$work/ctl.sock" --swap-only --log-level error &
-pids+=($!)
+    "$1" --config "$2.toml" --socket "$2.ctl" --swap-only --log-level error &
+    pids+=($!)
+}
+serve "${SWAPFAIRD:-.build/release/swapfaird}" "$work/state" "$work/nbd"
+if [ -n "$compare" ]; then
+    mkdir -p "$work/state-b/volumes"
+    mv "$work/compare.img" "$work/state-b/volumes/bench.img"
+    serve "$compare" "$work/state-b" "$work/nbd-b"
+fi
 qemu-nbd --format=raw --cache=none --aio=io_uring --shared=8 --persistent --socket="$work/qemu.sock" "$work/qemu.img" &
 pids+=($!)
 nbdkit --exit-with-parent --foreground --unix "$work/nbdkit.sock" file "$work/nbdkit.img" cache=none &
 pids+=($!)
-for s in "$work/nbd/bench.sock" "$work/qemu.sock" "$work/nbdkit.sock"; do
+# No backing I/O at all: what the NBD transport alone (fio's client, the socket, a server's loop)
+# allows on this machine, the ceiling for every NBD server here.
+nbdkit --exit-with-parent --foreground --unix "$work/null.sock" null size=$size &
+pids+=($!)
+for s in "$work/nbd/bench.sock" "$work/qemu.sock" "$work/nbdkit.sock" "$work/null.sock" ${compare:+"$work/nbd-b/bench.sock"}; do
     for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.1; done
 done
 
@@ -62,11 +78,18 @@ declare -A T=(
     [swapfair]="nbd+unix:///bench?socket=$work/nbd/bench.sock"
     [qemu-nbd]="nbd+unix:///?socket=$work/qemu.sock"
     [nbdkit]="nbd+unix:///?socket=$work/nbdkit.sock"
+    [nbdkit-null]="nbd+unix:///?socket=$work/null.sock"
     [io_uring-local]="$work/local.img"
 )
-order=(io_uring-local swapfair qemu-nbd nbdkit)
+order=(io_uring-local swapfair qemu-nbd nbdkit nbdkit-null)
+if [ -n "$compare" ]; then
+    T[swapfair-compare]="nbd+unix:///bench?socket=$work/nbd-b/bench.sock"
+    order=(io_uring-local swapfair swapfair-compare qemu-nbd nbdkit nbdkit-null)
+fi
 printf '%-16s %-9s %12s %12s %10s\n' TARGET JOB IOPS MiB/s "OF LOCAL"
-for spec in "randread 4k 32" "randwrite 4k 32" "read 64k 8" "write 64k 8"; do
+# JOBS="randread 4k 1,read 64k 8" picks jobs (rw, block size, queue depth).
+IFS=, read -ra jobs <<<"${JOBS:-randread 4k 1,randwrite 4k 1,randread 4k 32,randwrite 4k 32,read 64k 8,write 64k 8}"
+for spec in "${jobs[@]}"; do
     set -- $spec
     declare -A iops=()
     for t in "${order[@]}"; do
@@ -77,4 +100,4 @@ for spec in "randread 4k 32" "randwrite 4k 32" "read 64k 8" "write 64k 8"; do
     done
     echo
 done
-echo "($secs s per job, fio $(fio --version), backing files on $(df --output=fstype "$work" | tail -1); qemu-nbd with cache=none aio=io_uring, nbdkit file cache=none)"
+echo "($secs s per job, fio $(fio --version), backing files on $(df --output=fstype "$work" | tail -1); qemu-nbd with cache=none aio=io_uring, nbdkit file cache=none; nbdkit-null: nbdkit's null plugin, no I/O behind it)"

@@ -131,6 +131,8 @@ final class Connection: @unchecked Sendable {
         var writing = false
         /// The socket failed; replies are dropped (their buffers still released).
         var broken = false
+        /// A flush of the queued replies is due at the end of the engine's batch.
+        var flushScheduled = false
     }
     private let outbox = Mutex(Outbox())
     private let ready = DispatchSemaphore(value: 0)
@@ -138,11 +140,22 @@ final class Connection: @unchecked Sendable {
     /// Requests of this connection in the engine at most (see `handle`).
     static let windowSize = 128
     private let window = DispatchSemaphore(value: Connection.windowSize)
+    /// For `writeWithoutBlocking` (which only the thread holding `writing` runs): the iovecs and
+    /// a copy of the headers of one batch of replies, allocated once.
+    static let batchIovecs = 512
+    static let headerScratchBytes = 256 * NBDLimits.simpleReplyHeaderSize * 2
+    private let iov = UnsafeMutablePointer<iovec>.allocate(capacity: Connection.batchIovecs)
+    private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: Connection.headerScratchBytes, alignment: 16)
 
     init(server: ExportServer, socket: UnixSocket, peer: UnixSocket.Credentials) {
         self.server = server
         self.socket = socket
         self.peer = peer
+    }
+
+    deinit {
+        iov.deallocate()
+        headerScratch.deallocate()
     }
 
     func start() {
@@ -204,24 +217,31 @@ final class Connection: @unchecked Sendable {
         var rejected = 0
         var pendingEvents = decoder.feed(handshake.remainingBytes)
         while true {
-            for event in pendingEvents {
-                switch event {
-                case .request(let r, let payload):
-                    if r.command == .disc { return }
-                    handle(r, payload: payload)
-                case .invalid(let r, let error, let reason):
-                    rejected += 1
-                    if rejected <= 5 {
-                        server.logger.notice("NBD: refused a request", metadata: [
-                            "vm": "\(server.name)", "reason": "\(reason)", "command": "\(r.type)",
-                            "offset": "\(r.offset)", "length": "\(r.length)",
-                        ])
+            // A request that came alone may be served on this thread (see SwapEngine.serveInline);
+            // one of a batch goes to the engine, which runs the batch in parallel.
+            let alone = pendingEvents.count == 1
+            // Handed to the engine before the next read blocks, and on every way out.
+            do {
+                defer { submitBatch() }
+                for event in pendingEvents {
+                    switch event {
+                    case .request(let r, let payload):
+                        if r.command == .disc { return }
+                        handle(r, payload: payload, alone: alone)
+                    case .invalid(let r, let error, let reason):
+                        rejected += 1
+                        if rejected <= 5 {
+                            server.logger.notice("NBD: refused a request", metadata: [
+                                "vm": "\(server.name)", "reason": "\(reason)", "command": "\(r.type)",
+                                "offset": "\(r.offset)", "length": "\(r.length)",
+                            ])
+                        }
+                        enqueue(Reply(header: simpleReply(cookie: r.cookie, error: error), data: nil, dataLength: 0))
+                    case .fatal(let reason):
+                        server.logger.notice("NBD: dropped a client that broke the protocol",
+                                             metadata: ["vm": "\(server.name)", "reason": "\(reason)"])
+                        return
                     }
-                    enqueue(Reply(header: simpleReply(cookie: r.cookie, error: error), data: nil, dataLength: 0))
-                case .fatal(let reason):
-                    server.logger.notice("NBD: dropped a client that broke the protocol",
-                                         metadata: ["vm": "\(server.name)", "reason": "\(reason)"])
-                    return
                 }
             }
             guard let bytes = readSome() else { return }
@@ -229,7 +249,7 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    private func handle(_ r: NBDRequest, payload: [UInt8]) {
+    private func handle(_ r: NBDRequest, payload: [UInt8], alone: Bool) {
         let length = Int(r.length)
         let op: BlockOp
         switch r.command {
@@ -248,10 +268,10 @@ final class Connection: @unchecked Sendable {
         if let sharing = server.sharing, serveShared(r, payload: payload, sharing) { return }
         // At most `window` requests of one connection wait in the engine: a client cannot make
         // the daemon hold unbounded memory, and the scheduler still sees a deep queue per VM.
-        window.wait()
+        waitForWindow()
         outbox.withLock { $0.inFlight += 1 }
         let cookie = r.cookie
-        server.engine.submit(BlockRequest(
+        let request = BlockRequest(
             client: server.client, volume: server.volume, op: op, offset: r.offset, length: r.length,
             payload: r.command == .write ? payload : nil
         ) { [self] result, buffer in
@@ -265,7 +285,25 @@ final class Connection: @unchecked Sendable {
                 Reply(header: simpleReply(cookie: cookie, error: error), data: nil, dataLength: 0, engine: true)
             }
             complete(reply)
-        })
+        }
+        if alone && server.engine.serveInline(request) { return }
+        batch.append(request)
+    }
+
+    /// Requests decoded from one read of the socket, handed to the engine together (reader only).
+    private var batch: [BlockRequest] = []
+
+    private func submitBatch() {
+        server.engine.submit(contentsOf: batch)
+        batch.removeAll(keepingCapacity: true)
+    }
+
+    /// Takes a slot of the connection's window. Before waiting, hands over the batch: the slots
+    /// come back as the engine answers, which it can only do for requests it has.
+    private func waitForWindow() {
+        if window.wait(timeout: .now()) == .success { return }
+        submitBatch()
+        window.wait()
     }
 
     /// A write whose every page the host's swap already holds becomes references, with nothing
@@ -288,7 +326,7 @@ final class Connection: @unchecked Sendable {
             guard sharing.guestReadsShared(vm: server.name, offset: r.offset, length: Int(r.length)) else { return false }
             // Within the connection's window like an engine request, so that a client that does
             // not read its replies cannot hold the pool's buffers.
-            window.wait()
+            waitForWindow()
             let buffer = server.pool.acquire(Int(r.length))
             guard let n = sharing.guestRead(vm: server.name, offset: r.offset, length: Int(r.length),
                                             ownFD: server.volume.fd, into: buffer.pointer) else {
@@ -323,13 +361,13 @@ final class Connection: @unchecked Sendable {
             runs.append(i..<j)
             i = j
         }
-        window.wait()
+        waitForWindow()
         outbox.withLock { $0.inFlight += 1 }
         let join = Mutex((remaining: runs.count, error: Int32(0)))
         let cookie = r.cookie, fua = r.commandFlags.contains(.fua)
         for run in runs {
             let offset = r.offset + UInt64(run.lowerBound * page), length = run.count * page
-            server.engine.submit(BlockRequest(
+            batch.append(BlockRequest(
                 client: server.client, volume: server.volume, op: .write(fua: fua), offset: offset, length: UInt32(length),
                 payload: Array(payload[(run.lowerBound * page)..<(run.upperBound * page)])
             ) { [self] result, _ in
@@ -346,37 +384,126 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    /// An answer from the engine. When nothing else is queued or being written it goes out at once,
-    /// from the engine's thread, without blocking (the socket has room for it almost always); that
-    /// saves waking the writer thread for every reply. What does not fit goes to the writer.
+    /// An answer from the engine. On the engine's thread it is queued, and all the answers of
+    /// the engine's batch of completions go out together at the batch's end (`flush`). Served
+    /// inline, on the reader's thread, it goes out at once when nothing else is queued or being
+    /// written. Both write without blocking (the socket has room almost always), which saves
+    /// waking the writer thread for every reply; what does not fit goes to the writer.
     private func complete(_ reply: Reply) {
-        let direct = outbox.withLock { box in
+        let engineThread = server.engine.onEngineThread
+        enum Next { case none, wakeWriter, scheduleFlush, writeNow }
+        let next = outbox.withLock { box -> Next in
             box.inFlight -= 1
+            if engineThread {
+                box.replies.append(reply)
+                if box.closing || box.broken { return .wakeWriter }
+                if box.flushScheduled { return .none }
+                box.flushScheduled = true
+                return .scheduleFlush
+            }
             guard box.replies.isEmpty, !box.writing, !box.closing, !box.broken else {
                 box.replies.append(reply)
-                return false
+                return .wakeWriter
             }
             box.writing = true
-            return true
+            return .writeNow
         }
-        guard direct else {
+        switch next {
+        case .none: return
+        case .wakeWriter: ready.signal()
+        case .scheduleFlush: server.engine.atBatchEnd(ObjectIdentifier(self)) { [self] in flush() }
+        case .writeNow:
+            var batch = [reply]
+            finishWrite(&batch)
+        }
+    }
+
+    /// Writes every queued reply, unless another thread is writing (which then takes them).
+    private func flush() {
+        let batch = outbox.withLock { box -> [Reply]? in
+            box.flushScheduled = false
+            guard !box.writing, !box.closing, !box.broken, !box.replies.isEmpty else { return nil }
+            box.writing = true
+            defer { box.replies.removeAll(keepingCapacity: true) }
+            return box.replies
+        }
+        guard var batch else {
             ready.signal()
             return
         }
-        var r = reply
-        let outcome = write(&r, blocking: false)
-        let done = outcome != .wouldBlock
-        if done {
+        finishWrite(&batch)
+    }
+
+    /// Writes `batch` (this thread holds `writing`) without blocking; what the socket did not take
+    /// goes back to the front of the queue for the writer.
+    private func finishWrite(_ batch: inout [Reply]) {
+        let (sent, failed) = writeWithoutBlocking(&batch)
+        for r in batch[..<sent] {
             if let data = r.data { server.pool.release(data) }
-            window.signal()
+            if r.engine { window.signal() }
         }
+        let rest = batch[sent...]
         let more = outbox.withLock { box in
-            if !done { box.replies.insert(r, at: 0) }  // its first bytes are out: it must go on first
-            if outcome == .failed { box.broken = true }
+            // The first of them may be partly out: they must go on first, in order.
+            if !rest.isEmpty { box.replies.insert(contentsOf: rest, at: 0) }
+            if failed { box.broken = true }
             box.writing = false
             return !box.replies.isEmpty
         }
         if more { ready.signal() }
+    }
+
+    /// As many of the replies as the socket takes now, in one `sendmsg` per up to 256 replies.
+    /// Returns how many went out whole (the next one may be partly out: its `sent` says how far),
+    /// and whether the socket failed.
+    private func writeWithoutBlocking(_ replies: inout [Reply]) -> (sent: Int, failed: Bool) {
+        let fd = socket.fd.rawValue
+        var first = 0
+        while first < replies.count {
+            var iovecs = 0, headerBytes = 0, planned = 0, last = first
+            while last < replies.count, iovecs + 2 <= Self.batchIovecs {
+                let r = replies[last]
+                let headerLeft = max(0, r.header.count - r.sent)
+                guard headerBytes + headerLeft <= Self.headerScratchBytes else { break }
+                if headerLeft > 0 {
+                    r.header.withUnsafeBytes { h in
+                        (headerScratch + headerBytes).copyMemory(from: h.baseAddress! + r.sent, byteCount: headerLeft)
+                    }
+                    iov[iovecs] = iovec(iov_base: headerScratch + headerBytes, iov_len: headerLeft)
+                    iovecs += 1
+                    headerBytes += headerLeft
+                }
+                if let d = r.data {
+                    let skip = max(0, r.sent - r.header.count)
+                    iov[iovecs] = iovec(iov_base: d.pointer + skip, iov_len: r.dataLength - skip)
+                    iovecs += 1
+                }
+                planned += r.totalLength - r.sent
+                last += 1
+            }
+            var msg = msghdr()
+            msg.msg_iov = iov
+            msg.msg_iovlen = iovecs
+            var n = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return (first, !(errno == EAGAIN || errno == EWOULDBLOCK))
+            }
+            let complete = n == planned
+            while n > 0, first < replies.count {
+                let left = replies[first].totalLength - replies[first].sent
+                if n >= left {
+                    n -= left
+                    replies[first].sent = replies[first].totalLength
+                    first += 1
+                } else {
+                    replies[first].sent += n
+                    n = 0
+                }
+            }
+            if !complete { return (first, false) }
+        }
+        return (first, false)
     }
 
     private func enqueue(_ reply: Reply) {

@@ -21,7 +21,8 @@ public enum BlockOp: Sendable, Equatable {
 
 /// One request to the engine. `done` gets the result (0 or a positive byte count on success,
 /// -errno on failure) and, for a successful read, the buffer holding the data, which the caller
-/// releases to the pool once sent. It runs on the engine's thread and must not block.
+/// releases to the pool once sent. It runs on the engine's thread (or, for a request served
+/// inline, on the submitting thread) and must not block.
 ///
 /// Buffers are taken from the pool only when the scheduler dispatches a request: a request that
 /// waits (behind its limit, or behind heavier clients) holds no buffer, so no client can starve
@@ -66,6 +67,8 @@ public struct ClientIOStats: Sendable, Equatable, Codable {
     public var inFlight: Int = 0
     /// Requests dispatched to meet the client's reservation (as opposed to by weight).
     public var reservationDispatches: UInt64 = 0
+    /// Requests served at once on the connection's own thread because the engine was idle.
+    public var inline: UInt64 = 0
     public init() {}
 }
 
@@ -97,6 +100,16 @@ public final class SwapEngine: @unchecked Sendable {
     private let wakeBuffer = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 8)
     private static let wakeTag: UInt64 = 0
     private let finished = DispatchSemaphore(value: 0)
+    /// Requests submitted and not yet answered, over all clients: zero means the engine is idle.
+    private let outstanding = Atomic<Int>(0)
+    /// A request is being served inline (at most one at a time, see `serveInline`).
+    private let inlineBusy = Atomic<Bool>(false)
+    private let stopped = Atomic<Bool>(false)
+    /// Clients with a limit: their requests always go through the scheduler.
+    private let limited = Mutex<Set<Int>>([])
+    /// Work the completions of one batch left for its end (engine thread only; see `atBatchEnd`).
+    private var batchEnd: [ObjectIdentifier: () -> Void] = [:]
+    private let engineThread = Mutex<pthread_t?>(nil)
 
     public init(queueDepth: Int = 64, pool: BufferPool, costModel: CostModel = .default) throws(SysError) {
         self.queueDepth = queueDepth
@@ -119,18 +132,108 @@ public final class SwapEngine: @unchecked Sendable {
     // MARK: - submitting threads
 
     public func setShare(client: Int, _ share: IOShare) {
+        limited.withLock { if share.limit != nil { $0.insert(client) } else { $0.remove(client) } }
         wake { $0.shares.append((client, share)) }
         stats.withLock { if $0[client] == nil { $0[client] = ClientIOStats() } }
     }
 
-    public func removeClient(_ client: Int) { wake { $0.shares.append((client, nil)) } }
+    public func removeClient(_ client: Int) {
+        limited.withLock { _ = $0.remove(client) }
+        wake { $0.shares.append((client, nil)) }
+    }
 
-    public func submit(_ r: BlockRequest) {
-        stats.withLock { $0[r.client, default: ClientIOStats()].queued += 1 }
-        wake { $0.requests.append(r) }
+    public func submit(_ r: BlockRequest) { submit(contentsOf: [r]) }
+
+    /// Several requests at once: one hand-over (and at most one wake-up) for all of them.
+    public func submit(contentsOf rs: [BlockRequest]) {
+        guard !rs.isEmpty else { return }
+        outstanding.add(rs.count, ordering: .acquiring)
+        stats.withLock { for r in rs { $0[r.client, default: ClientIOStats()].queued += 1 } }
+        wake { $0.requests.append(contentsOf: rs) }
+    }
+
+    /// Serves a read or write on the calling thread, with `pread`/`pwrite`, when nothing else is
+    /// queued or in flight anywhere in the engine and the client has no limit; `done` is called
+    /// before it returns. False (nothing done) otherwise: submit it then.
+    ///
+    /// With the engine idle there is no contention to arbitrate, and handing a lone request to the
+    /// engine's thread costs two wake-ups (its queue, then the ring), which at queue depth 1 are most
+    /// of a request's time. Swap is mostly such requests. One inline request runs at a time, so
+    /// while the engine gets busy again, inline service takes at most one request's worth beside it;
+    /// a limited client is always scheduled, so its limit holds.
+    public func serveInline(_ r: BlockRequest) -> Bool {
+        let write: Bool, fua: Bool
+        switch r.op {
+        case .read: write = false; fua = false
+        case .write(let f): write = true; fua = f
+        default: return false
+        }
+        guard !stopped.load(ordering: .relaxed), outstanding.load(ordering: .acquiring) == 0 else { return false }
+        guard !limited.withLock({ $0.contains(r.client) }) else { return false }
+        guard inlineBusy.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+            return false
+        }
+        defer { inlineBusy.store(false, ordering: .releasing) }
+        guard let b = pool.tryAcquire(Int(r.length)) else { return false }
+        let length = Int(r.length)
+        if write, let payload = r.payload {
+            payload.withUnsafeBytes { b.pointer.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, length)) }
+        }
+        var done = 0
+        var result: Int32 = 0
+        while done < length {
+            let n = write
+                ? pwrite(r.volume.fd, b.pointer + done, length - done, off_t(r.offset) + off_t(done))
+                : pread(r.volume.fd, b.pointer + done, length - done, off_t(r.offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                result = -errno
+                break
+            }
+            // The end of the file: an I/O error, as on the ring.
+            if n == 0 { result = -EIO; break }
+            done += n
+        }
+        if result == 0, fua, fdatasync(r.volume.fd) != 0 { result = -errno }
+        if result == 0 { result = Int32(length) }
+        stats.withLock { all in
+            var s = all[r.client, default: ClientIOStats()]
+            s.inline += 1
+            if result < 0 { s.errors += 1 }
+            if write { s.writes += 1; s.writeBytes += UInt64(length) } else { s.reads += 1; s.readBytes += UInt64(length) }
+            all[r.client] = s
+        }
+        if !write, result >= 0 {
+            r.done(result, b)
+        } else {
+            pool.release(b)
+            r.done(result, nil)
+        }
+        return true
     }
 
     public func statistics() -> [Int: ClientIOStats] { stats.withLock { $0 } }
+
+    /// Whether the caller runs on the engine's thread (a `done` called by the engine, not inline).
+    public var onEngineThread: Bool {
+        guard let t = engineThread.withLock({ $0 }) else { return false }
+        return pthread_equal(pthread_self(), t) != 0
+    }
+
+    /// From a `done` on the engine's thread: runs `work` once, after the batch of completions
+    /// being handled, however many of them ask under the same key. A connection answers all of a
+    /// batch's requests with one `sendmsg` this way instead of one each.
+    public func atBatchEnd(_ key: ObjectIdentifier, _ work: @escaping () -> Void) {
+        if batchEnd[key] == nil { batchEnd[key] = work }
+    }
+
+    private func endBatch() {
+        while !batchEnd.isEmpty {
+            let work = batchEnd
+            batchEnd.removeAll(keepingCapacity: true)
+            for w in work.values { w() }
+        }
+    }
 
     public func start() {
         let t = Thread { [self] in
@@ -143,6 +246,7 @@ public final class SwapEngine: @unchecked Sendable {
 
     /// Stops after the requests already in flight complete; queued ones fail with ESHUTDOWN.
     public func stop() {
+        stopped.store(true, ordering: .relaxed)
         wake { $0.stopping = true }
         finished.wait()
     }
@@ -169,6 +273,8 @@ public final class SwapEngine: @unchecked Sendable {
     }
 
     private func run() {
+        engineThread.withLock { $0 = pthread_self() }
+        defer { engineThread.withLock { $0 = nil } }
         ring.prepare(.readWake(fd: wakeRead, buffer: wakeBuffer, length: 64), userData: Self.wakeTag)
         var stopping = false
         while true {
@@ -193,7 +299,7 @@ public final class SwapEngine: @unchecked Sendable {
             }
             if stopping {
                 while let d = scheduler.dequeue(now: .infinity) { fail(d.item, -ESHUTDOWN) }
-                if inFlight == 0 { return }
+                if inFlight == 0 { endBatch(); return }
             }
             // 2. Dispatch while there is room on the ring.
             // The ring has room for twice the queue depth, so a prepare cannot fail here. Only this
@@ -216,6 +322,7 @@ public final class SwapEngine: @unchecked Sendable {
                     if phase == .reservation { $0[r.client, default: ClientIOStats()].reservationDispatches += 1 }
                 }
             }
+            endBatch()
             // 3. Submit, and sleep until a completion, a wake-up, or a limit lets a request go.
             let idle = inbox.withLock { box -> Bool in
                 if box.requests.isEmpty && box.shares.isEmpty && !box.stopping { box.sleeping = true; return true }
@@ -244,6 +351,7 @@ public final class SwapEngine: @unchecked Sendable {
                 inFlight -= 1
                 complete(tag, res)
             }
+            endBatch()
         }
     }
 
@@ -271,6 +379,8 @@ public final class SwapEngine: @unchecked Sendable {
 
     private func complete(_ tag: UInt64, _ res: Int32) {
         guard let r = pending.removeValue(forKey: tag) else { return }
+        // Before `done`: the client may send its next request as soon as it has the answer.
+        outstanding.subtract(1, ordering: .releasing)
         let buffer = buffers.removeValue(forKey: tag)
         var result = res
         // A short read or write on a regular file means the end of the file: report an I/O error.
@@ -299,6 +409,8 @@ public final class SwapEngine: @unchecked Sendable {
 
     private func fail(_ tag: UInt64, _ error: Int32) {
         guard let r = pending.removeValue(forKey: tag) else { return }
+        // Before `done`: the client may send its next request as soon as it has the answer.
+        outstanding.subtract(1, ordering: .releasing)
         stats.withLock { $0[r.client, default: ClientIOStats()].queued -= 1; $0[r.client, default: ClientIOStats()].errors += 1 }
         if let b = buffers.removeValue(forKey: tag) { pool.release(b) }
         r.done(error, nil)
