@@ -135,6 +135,9 @@ public struct HostConfig: Sendable, Equatable {
     public var backend: BackendSetting = .auto
     /// The most of a guest's RAM its balloon may take under reclaim shifting (0.25 = 25%).
     public var reclaimShiftMax: Double = 0.25
+    /// How long after the host read a page back from its swap a guest swap-out of the same content
+    /// still counts as double paging (and, with write elision, becomes a reference), in seconds.
+    public var doublePagingWindow: Double = 2
 
     public init() {}
 }

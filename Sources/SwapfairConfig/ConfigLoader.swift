@@ -10,7 +10,7 @@ public enum ConfigLoader {
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
                             "activity_period", "activity_slow", "activity_fast", "state_dir", "backend",
                             "nbd_dir", "swap_queue_depth", "host_swap_size", "host_swap_device", "write_elision", "elision_spare",
-                            "shared_map_dir", "reclaim_shift_max"]
+                            "shared_map_dir", "reclaim_shift_max", "double_paging_window"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit", "swap_device", "balloon_qmp", "guest_memory"]
     static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups"]
@@ -146,6 +146,11 @@ struct Validator {
                 if let s = size(e, key) {
                     if case .percent(let p) = s, p > 0, p <= 50 { h.reclaimShiftMax = p / 100 }
                     else { problem(e.line, key, "must be a percentage of the guest's RAM, more than 0% and at most 50%, such as \"25%\"") }
+                }
+            case "double_paging_window":
+                if let d = duration(e, key) {
+                    if d < 0.01 || d > 60 { problem(e.line, key, "must be between 10ms and 60s, got \(d)s") }
+                    else { h.doublePagingWindow = d }
                 }
             case "host_swap_size":
                 if let s = size(e, key) {

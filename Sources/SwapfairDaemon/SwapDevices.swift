@@ -60,7 +60,7 @@ public final class SwapDevices: Sendable {
             try FileAccess.makeDirectory(volumes, mode: 0o700)
         } catch { throw .export("*", error) }
         var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]
-        let tracker = c.host.hostSwapSize == nil && c.host.hostSwapDevice == nil ? nil : DoublePagingTracker()
+        let tracker = c.host.hostSwapSize == nil && c.host.hostSwapDevice == nil ? nil : DoublePagingTracker(window: c.host.doublePagingWindow)
         let eventLog = doublePagingEvents.flatMap { DoublePagingEventLog(path: $0) }
         if let doublePagingEvents, eventLog == nil {
             logger.warning("cannot write the double-paging event log", metadata: ["path": "\(doublePagingEvents)"])
@@ -178,7 +178,7 @@ public final class SwapDevices: Sendable {
         } catch {
             throw .hostSwap("\(error)")
         }
-        let elision = WriteElision(map: map, hostFD: hostVolume.fd)
+        let elision = WriteElision(map: map, hostFD: hostVolume.fd, window: c.host.doublePagingWindow)
         let s = elision.summary()
         if s.problems.isEmpty {
             logger.notice("write elision on: shared-block accounting rebuilt from its tables", metadata: [

@@ -48,7 +48,7 @@ public final class WriteElision: @unchecked Sendable {
 
     private let state: Mutex<State>
 
-    public init(map: SharedBlockMap, hostFD: Int32, window: Double = 0.5, cachePages: Int = 8192) {
+    public init(map: SharedBlockMap, hostFD: Int32, window: Double = 2, cachePages: Int = 8192) {
         self.window = window
         self.cachePages = max(1, cachePages)
         self.hostFD = hostFD

@@ -33,6 +33,8 @@ GROUP = "lab.slice/dp-guest"
 BALLOON = "/run/swapfair/dp-balloon.sock"
 # DP_CONFIGS="elision avoidance" runs only some of the configurations (to look at one closely).
 CONFIGS = os.environ.get("DP_CONFIGS", "plain tracking avoidance").split()
+# The daemon's double_paging_window (e.g. "2s"); its default when unset.
+WINDOW = os.environ.get("DP_WINDOW", "")
 # DP_SECONDS: a longer run (reclaim shifting pays for its move only over time; see the avoidance checks).
 RAM, PAGES, HOST_HIGH, SECONDS = "96M", "192M", 64 * MiB, int(os.environ.get("DP_SECONDS", "40"))
 
@@ -173,6 +175,8 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
     conf = os.path.join(OUT, f"dp-{name}.toml")
     with open(conf, "w") as fh:
         fh.write(f'[host]\nstate_dir = "{state}"\nnbd_dir = "/run/swapfair/nbd"\nhost_swap_device = "{disk}"\n')
+        if WINDOW:
+            fh.write(f'double_paging_window = "{WINDOW}"\n')
         if elision:
             fh.write(f'write_elision = true\nshared_map_dir = "{shared}"\n')
         if shifting:

@@ -101,6 +101,8 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         (#"[host]\#nwrite_elisoin = true"#, "write_elision"),
         (#"[host]\#nreclaim_shift_max = "80%""#, "host.reclaim_shift_max: must be a percentage of the guest's RAM"),
         (#"[host]\#nreclaim_shift_max = "1G""#, "host.reclaim_shift_max: must be a percentage"),
+        (#"[host]\#ndouble_paging_window = "2m""#, "host.double_paging_window: must be between 10ms and 60s"),
+        (#"[host]\#ndouble_paging_window = "soon""#, "host.double_paging_window: must be a duration"),
         (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G" }\#nballoon_qmp = "a.qmp""#, "balloon_qmp: must be an absolute path"),
         (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G" }\#nballoon_qmp = "/run/a.qmp""#,
          "balloon_qmp: reclaim shifting needs the host's swap served by swapfaird"),
@@ -124,6 +126,7 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
             [host]
             host_swap_device = "/dev/sdb3"
             reclaim_shift_max = "20%"
+            double_paging_window = "2s"
             [[vm]]
             name = "web"
             swap_device = { size = "2G" }
@@ -133,6 +136,7 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
             name = "db"
             """)
         #expect(c.host.reclaimShiftMax == 0.2)
+        #expect(c.host.doublePagingWindow == 2)
         #expect(c.vms[0].balloonQMP == "/run/qemu/web.qmp")
         #expect(c.vms[0].guestMemory == 4 << 30)
         #expect(c.vms[1].balloonQMP == nil && c.vms[1].guestMemory == nil)
