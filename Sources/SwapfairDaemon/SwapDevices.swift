@@ -216,11 +216,13 @@ public final class SwapDevices: Sendable {
             let device = try UblkDevice(target: target, queueDepth: min(c.host.swapQueueDepth, 128), maxIOBytes: maxIO,
                                         recover: previous)
             try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
-            logger.notice(device.recovered ? "host swap device taken over from the previous daemon; its held I/O resumes"
-                                           : "host swap device ready: swapon it to swap through swapfaird", metadata: [
+            var metadata: Logger.Metadata = [
                 "device": "\(device.blockDevicePath)", "volume": "\(volume.path)", "size": "\(size)",
                 "direct_io": "\(volume.direct)",
-            ])
+            ]
+            if device.recovered { metadata["waited"] = "\((device.recoveryWait * 10).rounded() / 10) s" }
+            logger.notice(device.recovered ? "host swap device taken over from the previous daemon; its held I/O resumes"
+                                           : "host swap device ready: swapon it to swap through swapfaird", metadata: metadata)
             return device
         } catch { throw .hostSwap("\(error)") }
     }

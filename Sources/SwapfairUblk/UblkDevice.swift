@@ -29,6 +29,8 @@ public final class UblkDevice: @unchecked Sendable {
 
     /// Whether this server took over a device whose previous server died (its I/O was held).
     public let recovered: Bool
+    /// Seconds the take-over waited for the kernel to let go of the dead server's queue.
+    public let recoveryWait: Double
 
     /// Adds and starts a device over `target`; returns once `/dev/ublkbN` accepts I/O. With
     /// `recover`, the id of a device a previous server of this target made: if that server died
@@ -37,6 +39,7 @@ public final class UblkDevice: @unchecked Sendable {
     public init(target: any UblkTarget, queueDepth requestedDepth: Int = 64, maxIOBytes requestedMax: Int = 512 << 10,
                 recover previous: UInt32? = nil) throws(UblkError) {
         let control = try UblkControl()
+        let began = Self.monotonic()
         var id = UInt32.max, queueDepth = requestedDepth, maxIOBytes = requestedMax
         var recovering = false
         if let previous, var info = try control.info(device: previous) {
@@ -138,10 +141,17 @@ public final class UblkDevice: @unchecked Sendable {
         }
         self.id = id
         self.recovered = recovering
+        self.recoveryWait = recovering ? Self.monotonic() - began : 0
         self.target = target
         self.control = control
         self.queue = queue
         self.cdev = fd
+    }
+
+    static func monotonic() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     /// Whether a process with this id exists (EPERM means it does, owned by somebody else).

@@ -255,6 +255,8 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
     r["stop_log"] = [l for l in text if "accounting at stop" in l][-1:]
     r["shift_log"] = [l for l in text if "reclaim shift" in l]
     r["highs"] = [l for l in text if "memory.high" in l and "→" in l]
+    # The take-over line, if it came only after the wait for it (it says how long it waited).
+    r["late_take_over"] = [l for l in text if "taken over from the previous daemon" in l][-1:]
     return r
 
 
@@ -362,8 +364,13 @@ def main():
                 f"{elided} elided, {want} swapped out, {st.get('guest_swap_out_bytes')} seen by the tracker; "
                 f"status {json.dumps(st)[:400]})")
         log(f"{name}: swapfaird SIGKILLed with {mib(rs.get('host_in_swap', 0))} in host swap; restarted: {rs.get('rebuilt', '')[:300]}")
+        took = (r.get("late_take_over") or [""])[0]
+        if took:
+            log(f"{name}: {took[:300]}")
         if rs.get("taken_over") and not rs.get("logged"):
-            log(f"{name}: NOTE: the restarted daemon serves the host swap device, but its log has no take-over line")
+            late = (r.get("late_take_over") or [""])[0]
+            log(f"{name}: NOTE: the restarted daemon serves the host swap device, but its log had no take-over line "
+                f"within 90 s; " + (f"it came later: {late[:240]}" if late else "none by the end of the run"))
         c.check(rs.get("taken_over") and rs.get("reattached"),
                 f"{name}: the restarted swapfaird took the host swap device over and the guest's export was attached again "
                 f"({'logged' if rs.get('logged') else 'device still in use as swap under the live daemon'})")
