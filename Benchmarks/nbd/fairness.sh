@@ -85,7 +85,8 @@ shares() {
     esac
 }
 start_swapfair shares
-run_fio swapfair_uri | tee "$work/rl.txt" | report "1 1 1 10"
+run_fio swapfair_uri | tee "$work/rl.txt" | awk 'BEGIN { printf "%-6s %9s %8s\n", "EXPORT", "IOPS", "SHARE" }
+    { n[NR] = $1; v[NR] = $2; t += $2 } END { for (i = 1; i <= NR; i++) printf "%-6s %9d %7.1f%%\n", n[i], v[i], 100 * v[i] / t; printf "total %d IOPS\n", t }'
 stop_swapfair
 python3 - "$work/rl.txt" "$res" "$lim" <<'PY'
 import sys
