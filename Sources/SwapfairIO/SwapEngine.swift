@@ -85,6 +85,8 @@ public final class SwapEngine: @unchecked Sendable {
     private var pending: [UInt64: BlockRequest] = [:]
     private var buffers: [UInt64: IOBuffer] = [:]
     private var nextTag: UInt64 = 1
+    /// Dispatched by the scheduler but not yet on the ring for want of a buffer (see `run`).
+    private var retry: [FairScheduler<UInt64>.Dispatch] = []
     private var inFlight = 0
 
     private struct Inbox {
@@ -298,17 +300,22 @@ public final class SwapEngine: @unchecked Sendable {
                 scheduler.enqueue(tag, client: r.client, bytes: Int(r.length), now: t)
             }
             if stopping {
-                while let d = scheduler.dequeue(now: .infinity) { fail(d.item, -ESHUTDOWN) }
+                while let d = retry.popLast() ?? scheduler.dequeue(now: .infinity) { fail(d.item, -ESHUTDOWN) }
                 if inFlight == 0 { endBatch(); return }
             }
             // 2. Dispatch while there is room on the ring.
-            // The ring has room for twice the queue depth, so a prepare cannot fail here. Only this
-            // thread takes buffers, so a free one seen here is still free when taken.
-            while inFlight < queueDepth, pool.freeCount > 0, let d = scheduler.dequeue(now: t) {
+            // The ring has room for twice the queue depth, so a prepare cannot fail here. Requests
+            // served inline and reads of shared blocks take buffers on other threads, so the last
+            // free one may be gone when taken: the request then waits for the next round, first.
+            while inFlight < queueDepth, pool.freeCount > 0,
+                  let d = retry.isEmpty ? scheduler.dequeue(now: t) : retry.removeFirst() {
                 let tag = d.item, phase = d.phase
                 guard let r = pending[tag] else { continue }
                 if r.needsBuffer {
-                    guard let b = pool.tryAcquire(Int(r.length)) else { complete(tag, -ENOMEM); continue }
+                    guard let b = pool.tryAcquire(Int(r.length)) else {
+                        retry.insert(d, at: 0)
+                        break
+                    }
                     if let payload = r.payload {
                         payload.withUnsafeBytes { b.pointer.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, Int(r.length))) }
                     }
@@ -329,7 +336,10 @@ public final class SwapEngine: @unchecked Sendable {
                 return false
             }
             do {
-                if idle, let next = scheduler.nextEligibleTime(now: t), inFlight < queueDepth {
+                // Requests waiting for a buffer are tried again within a millisecond: buffers come
+                // back from the connections' threads, which do not wake the engine.
+                let starved = !retry.isEmpty || (pool.freeCount == 0 && scheduler.queuedCount > 0)
+                if idle, let next = starved ? t + 0.001 : scheduler.nextEligibleTime(now: t), inFlight < queueDepth {
                     try ring.submit()
                     _ = try ring.wait(timeout: max(0, next - now()))
                 } else if idle {
@@ -339,7 +349,7 @@ public final class SwapEngine: @unchecked Sendable {
                 }
             } catch {
                 // The ring itself failed (should not happen): fail what is queued rather than hang.
-                while let d = scheduler.dequeue(now: .infinity) { fail(d.item, -EIO) }
+                while let d = retry.popLast() ?? scheduler.dequeue(now: .infinity) { fail(d.item, -EIO) }
             }
             inbox.withLock { $0.sleeping = false }
             // 4. Completions.

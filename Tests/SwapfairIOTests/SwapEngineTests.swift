@@ -30,10 +30,10 @@ import Glibc
         }
     }
 
-    func withEngine(_ body: (SwapEngine, Volume) throws -> Void) throws {
+    func withEngine(buffers: Int = 16, _ body: (SwapEngine, Volume) throws -> Void) throws {
         let volume = try Volume(path: path, size: 1 << 20)
         defer { unlink(path) }
-        let engine = try SwapEngine(queueDepth: 8, pool: BufferPool(count: 16, bufferSize: 64 << 10))
+        let engine = try SwapEngine(queueDepth: 8, pool: BufferPool(count: buffers, bufferSize: 64 << 10))
         engine.start()
         defer { engine.stop() }
         try body(engine, volume)
@@ -93,6 +93,20 @@ import Glibc
             #expect(out.all.allSatisfy { $0.result == 4096 })
             let seen = Set(reads.all.compactMap { $0.data.flatMap { d in d.allSatisfy { $0 == d[0] } ? d[0] : nil } })
             #expect(seen == Set((1...64).map { UInt8($0) }))
+        }
+    }
+
+    @Test func aRequestWaitsForABufferHeldElsewhereInsteadOfFailing() throws {
+        try withEngine(buffers: 1) { engine, volume in
+            let out = Outcome()
+            // The pool's only buffer is out (as with a reply still being sent on another thread).
+            let held = engine.pool.acquire(4096)
+            engine.submit(request(engine, volume, client: 5, .read, block: 1, into: out))
+            #expect(out.signal.wait(timeout: .now() + 0.3) == .timedOut)
+            engine.pool.release(held)
+            #expect(out.signal.wait(timeout: .now() + 5) == .success)
+            #expect(out.all.first?.result == 4096)
+            #expect(engine.statistics()[5]?.errors == 0)
         }
     }
 }
