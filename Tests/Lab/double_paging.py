@@ -146,10 +146,10 @@ def judge(truth_path, detected_path, key="host_swapped"):
             "precision": matched / len(detected) if detected else 0.0, "recall": matched / n_truth if n_truth else 0.0}
 
 
-def start_daemon(conf, logpath, detected_path, append=False, control=False):
+def start_daemon(conf, logpath, detected_path, control=False):
     """`detected_path`: where the daemon logs its detections (it starts the file afresh).
     `control`: the whole daemon (memory control and reclaim shifting), not only the swap devices."""
-    logf = open(logpath, "a" if append else "w")
+    logf = open(logpath, "w")
     return subprocess.Popen([os.path.join(BIN, "swapfaird"), "--config", conf, "--socket", "/run/swapfair/dp.sock",
                              "--double-paging-events", detected_path] + ([] if control else ["--swap-only"]),
                             stdout=logf, stderr=logf)
@@ -189,6 +189,7 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
             fh.write(f'cgroup = "{GROUP}"\nballoon_qmp = "{BALLOON}"\n')
     detected_path = f"/tmp/dp-detected-{name}.txt"
     logpath = os.path.join(OUT, f"dp-daemon-{name}.log")
+    restart_log = os.path.join(OUT, f"dp-daemon-{name}.after-restart.log")
     d = start_daemon(conf, logpath, detected_path, control=shifting)
     text = wait_for(logpath, "device=/dev/ublkb")
     dev = next((w.split("=", 1)[1] for w in (text or "").split() if w.startswith("device=/dev/ublkb")), None)
@@ -221,8 +222,10 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         inswap = next((int(l.split()[3]) * 1024 for l in open("/proc/swaps") if l.startswith(dev)), 0)
         d.kill()
         d.wait()
-        d = start_daemon(conf, logpath, detected_path + ".after-restart", append=True, control=shifting)
-        text = wait_for(logpath, "device=/dev/ublkb", n=2, seconds=90) or open(logpath).read()
+        # A log of its own: lines the restarted daemon appended to the first one's log (on the
+        # lab's 9p share) went missing now and then, always its first ones.
+        d = start_daemon(conf, restart_log, detected_path + ".after-restart", control=shifting)
+        text = wait_for(restart_log, "device=/dev/ublkb", n=1, seconds=90) or open(restart_log).read()
         rebuilt = [l for l in text.splitlines() if "write elision" in l][-1:]
         logged = "taken over from the previous daemon" in text
         # Once (of a dozen runs) the restarted daemon served the device, and swapped it off at
@@ -251,7 +254,7 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         d.wait(60)
     except subprocess.TimeoutExpired:
         d.kill()
-    text = open(logpath).read().splitlines()
+    text = open(logpath).read().splitlines() + (open(restart_log).read().splitlines() if os.path.exists(restart_log) else [])
     r["stop_log"] = [l for l in text if "accounting at stop" in l][-1:]
     r["shift_log"] = [l for l in text if "reclaim shift" in l]
     r["highs"] = [l for l in text if "memory.high" in l and "→" in l]
