@@ -201,10 +201,15 @@ class Daemon:
             fh.write(config)
         self.extra = list(extra)
         self.proc = None
+        self.logfiles = []
         self.start()
 
     def start(self):
-        log_fh = open(self.logfile, "a")
+        # A file per start: lines a restarted daemon appended to its predecessor's log on the lab's
+        # 9p share went missing now and then (always its first ones).
+        path = self.logfile if not self.logfiles else self.logfile[:-4] + f".restart{len(self.logfiles)}.log"
+        self.logfiles.append(path)
+        log_fh = open(path, "w")
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "swapfaird"), "--config", self.config, "--socket", self.socket, "--log-level", "debug"] + self.extra,
             stdout=log_fh, stderr=log_fh)
@@ -234,8 +239,12 @@ class Daemon:
         return json.loads(r.stdout) if r.returncode == 0 else None
 
     def log(self):
-        with open(self.logfile) as fh:
-            return fh.read()
+        """Every start's log, in order."""
+        text = ""
+        for path in self.logfiles:
+            with open(path) as fh:
+                text += fh.read()
+        return text
 
 
 # ---------------------------------------------------------------- sampling and checks
