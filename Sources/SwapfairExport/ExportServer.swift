@@ -523,7 +523,7 @@ final class Connection: @unchecked Sendable {
             }
             var failed = broken
             for var reply in batch {
-                if !failed { failed = write(&reply, blocking: true) == .failed }
+                if !failed { failed = !writeBlocking(&reply) }
                 if let data = reply.data { server.pool.release(data) }
                 if reply.engine { window.signal() }
             }
@@ -539,22 +539,16 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    enum WriteOutcome: Equatable {
-        case written
-        /// Non-blocking only: the socket is full; `reply.sent` says how far it got.
-        case wouldBlock
-        case failed
-    }
-
-    /// Header and data in one writev, from `reply.sent` on.
-    private func write(_ reply: inout Reply, blocking: Bool) -> WriteOutcome {
+    /// Header and data in one writev, from `reply.sent` on, waiting for room in the socket (the
+    /// writer thread's way). False when the socket failed.
+    private func writeBlocking(_ reply: inout Reply) -> Bool {
         let fd = socket.fd.rawValue
         let total = reply.totalLength
         let header = reply.header
         let data = reply.data
         let dataLength = reply.dataLength
         var sent = reply.sent
-        let outcome = header.withUnsafeBytes { h -> WriteOutcome in
+        let written = header.withUnsafeBytes { h -> Bool in
             // Two iovecs at most, on the stack: this runs once per reply.
             var iov = (iovec(), iovec())
             while sent < total {
@@ -573,19 +567,18 @@ final class Connection: @unchecked Sendable {
                     var msg = msghdr()
                     msg.msg_iov = raw.baseAddress?.assumingMemoryBound(to: iovec.self)
                     msg.msg_iovlen = count
-                    return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL) | (blocking ? 0 : Int32(MSG_DONTWAIT)))
+                    return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
                 }
                 if n < 0 {
                     if errno == EINTR { continue }
-                    if !blocking && (errno == EAGAIN || errno == EWOULDBLOCK) { return .wouldBlock }
-                    return .failed
+                    return false
                 }
                 sent += n
             }
-            return .written
+            return true
         }
         reply.sent = sent
-        return outcome
+        return written
     }
 }
 
