@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import SwapfairPolicy
 import SwapfairQMP
+import SwapfairSys
 import Synchronization
 
 /// One VM's balloon, for reclaim shifting. QMP exchanges run on the driver's own queue, one at a

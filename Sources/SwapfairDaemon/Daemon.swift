@@ -10,13 +10,6 @@ import Synchronization
 import Glibc
 #endif
 
-/// Monotonic seconds (`CLOCK_MONOTONIC`).
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
 /// Runs the control loop every interval until SIGTERM or SIGINT, serving the control socket
 /// meanwhile. Stopping leaves every setting as it is; a restart resumes from them.
 public final class Daemon: Sendable {

@@ -4,6 +4,7 @@ import SwapfairExport
 import SwapfairIO
 import SwapfairTracking
 import SwapfairUblk
+import SwapfairSys
 
 #if canImport(Glibc)
 import Glibc

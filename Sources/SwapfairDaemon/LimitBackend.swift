@@ -1,5 +1,6 @@
 import SwapfairCgroup
 import SwapfairConfig
+import SwapfairSys
 import SwapfairSystemd
 
 #if canImport(Glibc)

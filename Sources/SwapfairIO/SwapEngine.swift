@@ -111,7 +111,8 @@ public final class SwapEngine: @unchecked Sendable {
     private let limited = Mutex<Set<Int>>([])
     /// Work the completions of one batch left for its end (engine thread only; see `atBatchEnd`).
     private var batchEnd: [ObjectIdentifier: () -> Void] = [:]
-    private let engineThread = Mutex<pthread_t?>(nil)
+    /// The engine thread's `pthread_t` while it runs, else 0 (read on every completion).
+    private let engineThread = Atomic<UInt>(0)
 
     public init(queueDepth: Int = 64, pool: BufferPool, costModel: CostModel = .default) throws(SysError) {
         self.queueDepth = queueDepth
@@ -181,30 +182,11 @@ public final class SwapEngine: @unchecked Sendable {
         if write, let payload = r.payload {
             payload.withUnsafeBytes { b.pointer.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, length)) }
         }
-        var done = 0
-        var result: Int32 = 0
-        while done < length {
-            let n = write
-                ? pwrite(r.volume.fd, b.pointer + done, length - done, off_t(r.offset) + off_t(done))
-                : pread(r.volume.fd, b.pointer + done, length - done, off_t(r.offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                result = -errno
-                break
-            }
-            // The end of the file: an I/O error, as on the ring.
-            if n == 0 { result = -EIO; break }
-            done += n
-        }
-        if result == 0, fua, fdatasync(r.volume.fd) != 0 { result = -errno }
-        if result == 0 { result = Int32(length) }
-        stats.withLock { all in
-            var s = all[r.client, default: ClientIOStats()]
-            s.inline += 1
-            if result < 0 { s.errors += 1 }
-            if write { s.writes += 1; s.writeBytes += UInt64(length) } else { s.reads += 1; s.readBytes += UInt64(length) }
-            all[r.client] = s
-        }
+        let done = r.volume.transfer(write: write, b.pointer, length: length, offset: r.offset)
+        // A short transfer means the end of the file: an I/O error, as on the ring.
+        var result: Int32 = done < 0 ? Int32(done) : done < length ? -EIO : Int32(length)
+        if result >= 0, fua, fdatasync(r.volume.fd) != 0 { result = -errno }
+        account(r, result, inline: true)
         if !write, result >= 0 {
             r.done(result, b)
         } else {
@@ -218,8 +200,8 @@ public final class SwapEngine: @unchecked Sendable {
 
     /// Whether the caller runs on the engine's thread (a `done` called by the engine, not inline).
     public var onEngineThread: Bool {
-        guard let t = engineThread.withLock({ $0 }) else { return false }
-        return pthread_equal(pthread_self(), t) != 0
+        let t = engineThread.load(ordering: .acquiring)
+        return t != 0 && pthread_equal(pthread_self(), t) != 0
     }
 
     /// From a `done` on the engine's thread: runs `work` once, after the batch of completions
@@ -268,15 +250,9 @@ public final class SwapEngine: @unchecked Sendable {
 
     // MARK: - the engine thread
 
-    private func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-
     private func run() {
-        engineThread.withLock { $0 = pthread_self() }
-        defer { engineThread.withLock { $0 = nil } }
+        engineThread.store(pthread_self(), ordering: .releasing)
+        defer { engineThread.store(0, ordering: .releasing) }
         ring.prepare(.readWake(fd: wakeRead, buffer: wakeBuffer, length: 64), userData: Self.wakeTag)
         var stopping = false
         while true {
@@ -291,7 +267,7 @@ public final class SwapEngine: @unchecked Sendable {
                     for tag in scheduler.removeClient(client) { fail(tag, -ESHUTDOWN) }
                 }
             }
-            let t = now()
+            let t = monotonicSeconds()
             for r in requests {
                 let tag = nextTag
                 nextTag += 1
@@ -341,7 +317,7 @@ public final class SwapEngine: @unchecked Sendable {
                 let starved = !retry.isEmpty || (pool.freeCount == 0 && scheduler.queuedCount > 0)
                 if idle, let next = starved ? t + 0.001 : scheduler.nextEligibleTime(now: t), inFlight < queueDepth {
                     try ring.submit()
-                    _ = try ring.wait(timeout: max(0, next - now()))
+                    _ = try ring.wait(timeout: max(0, next - monotonicSeconds()))
                 } else if idle {
                     try ring.submit(wait: 1)
                 } else {
@@ -397,9 +373,22 @@ public final class SwapEngine: @unchecked Sendable {
         if res >= 0, r.needsBuffer, res != Int32(r.length) {
             result = -EIO
         }
+        account(r, result, inline: false)
+        // A read's buffer goes to the caller with the data; everything else comes back now.
+        if case .read = r.op, result >= 0, let buffer {
+            r.done(result, buffer)
+        } else {
+            if let buffer { pool.release(buffer) }
+            r.done(result, nil)
+        }
+    }
+
+    /// Counts a finished request: one the engine ran (it leaves the in-flight count) or one
+    /// served inline.
+    private func account(_ r: BlockRequest, _ result: Int32, inline: Bool) {
         stats.withLock { all in
             var s = all[r.client, default: ClientIOStats()]
-            s.inFlight -= 1
+            if inline { s.inline += 1 } else { s.inFlight -= 1 }
             if result < 0 { s.errors += 1 }
             switch r.op {
             case .read: s.reads += 1; s.readBytes += UInt64(r.length)
@@ -407,13 +396,6 @@ public final class SwapEngine: @unchecked Sendable {
             default: break
             }
             all[r.client] = s
-        }
-        // A read's buffer goes to the caller with the data; everything else comes back now.
-        if case .read = r.op, result >= 0, let buffer {
-            r.done(result, buffer)
-        } else {
-            if let buffer { pool.release(buffer) }
-            r.done(result, nil)
         }
     }
 

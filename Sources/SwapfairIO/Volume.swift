@@ -91,6 +91,24 @@ public final class Volume: Sendable {
 
     deinit { close(fd) }
 
+    /// `pread`s or `pwrite`s the whole range, again after EINTR and short transfers. Returns the
+    /// bytes done, fewer than `length` only at the end of the file, or -errno.
+    public func transfer(write: Bool, _ buffer: UnsafeMutableRawPointer, length: Int, offset: UInt64) -> Int {
+        var done = 0
+        while done < length {
+            let n = write
+                ? pwrite(fd, buffer + done, length - done, off_t(offset) + off_t(done))
+                : pread(fd, buffer + done, length - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return -Int(errno)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
     /// Bytes actually allocated on disk (the file is sparse).
     public var allocatedBytes: UInt64 {
         var st = stat()

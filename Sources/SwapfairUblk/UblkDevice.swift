@@ -39,7 +39,7 @@ public final class UblkDevice: @unchecked Sendable {
     public init(target: any UblkTarget, queueDepth requestedDepth: Int = 64, maxIOBytes requestedMax: Int = 512 << 10,
                 recover previous: UInt32? = nil) throws(UblkError) {
         let control = try UblkControl()
-        let began = Self.monotonic()
+        let began = monotonicSeconds()
         var id = UInt32.max, queueDepth = requestedDepth, maxIOBytes = requestedMax
         var recovering = false
         if let previous, var info = try control.info(device: previous) {
@@ -141,17 +141,11 @@ public final class UblkDevice: @unchecked Sendable {
         }
         self.id = id
         self.recovered = recovering
-        self.recoveryWait = recovering ? Self.monotonic() - began : 0
+        self.recoveryWait = recovering ? monotonicSeconds() - began : 0
         self.target = target
         self.control = control
         self.queue = queue
         self.cdev = fd
-    }
-
-    static func monotonic() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     /// Whether a process with this id exists (EPERM means it does, owned by somebody else).
@@ -186,23 +180,13 @@ public struct VolumeTarget: UblkTarget {
     public func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
         switch op {
         case .read, .write:
-            var done = 0
-            while done < length {
-                let n = op == .read
-                    ? pread(volume.fd, buffer + done, length - done, off_t(offset) + off_t(done))
-                    : pwrite(volume.fd, buffer + done, length - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return -errno
-                }
-                if n == 0 {
-                    // Past the end of the file: a read returns zeros, as a device would; a short
-                    // write is an error.
-                    if op == .write { return -EIO }
-                    (buffer + done).initializeMemory(as: UInt8.self, repeating: 0, count: length - done)
-                    break
-                }
-                done += n
+            let done = volume.transfer(write: op == .write, buffer, length: length, offset: offset)
+            if done < 0 { return Int32(done) }
+            if done < length {
+                // Past the end of the file: a read returns zeros, as a device would; a short write
+                // is an error.
+                if op == .write { return -EIO }
+                (buffer + done).initializeMemory(as: UInt8.self, repeating: 0, count: length - done)
             }
             return Int32(length)
         case .flush:

@@ -228,9 +228,9 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         text = wait_for(restart_log, "device=/dev/ublkb", n=1, seconds=90) or open(restart_log).read()
         rebuilt = [l for l in text.splitlines() if "write elision" in l][-1:]
         logged = "taken over from the previous daemon" in text
-        # Once (of a dozen runs) the restarted daemon served the device, and swapped it off at
-        # stop, with no take-over line in its log. The device still in use as swap under a live
-        # daemon counts as well; the verify pass then reads the pages in it through that daemon.
+        # The device still in use as swap under the live restarted daemon counts as well (the
+        # verify pass then reads the pages in it through that daemon): its take-over line was
+        # missing once, when it appended to the first daemon's log.
         in_use = d.poll() is None and any(l.startswith(dev) for l in open("/proc/swaps"))
         restart.update({"host_in_swap": inswap, "taken_over": logged or in_use, "logged": logged,
                         "rebuilt": rebuilt[0] if rebuilt else "", "reattached": subprocess.run(nbd, capture_output=True).returncode == 0})
