@@ -60,14 +60,14 @@ for s in "$work/nbd/bench.sock" "$work/qemu.sock" "$work/nbdkit.sock" "$work/nul
     for _ in $(seq 100); do [ -S "$s" ] && break; sleep 0.1; done
 done
 
-job() {  # name target rw bs depth -> prints IOPS and MiB/s
-    local target=$1 rw=$2 bs=$3 qd=$4 out
+job() {  # target rw bs depth [jobs] -> prints IOPS and MiB/s (jobs: fio threads, each its own connection)
+    local target=$1 rw=$2 bs=$3 qd=$4 n=${5:-1} out
     if [ "${target#/}" != "$target" ]; then
         out=$(fio --name=j --filename="$target" --ioengine=io_uring --direct=1 --rw="$rw" --bs="$bs" --iodepth="$qd" \
-              --size=$size --runtime="$secs" --time_based --output-format=json 2>/dev/null)
+              --numjobs="$n" --group_reporting --size=$size --runtime="$secs" --time_based --output-format=json 2>/dev/null)
     else
         out=$(fio --name=j --ioengine=nbd --uri="$target" --rw="$rw" --bs="$bs" --iodepth="$qd" \
-              --size=$size --runtime="$secs" --time_based --output-format=json 2>/dev/null)
+              --numjobs="$n" --group_reporting --size=$size --runtime="$secs" --time_based --output-format=json 2>/dev/null)
     fi
     # fio's nbd engine prints "fio: connected to NBD server" before the JSON.
     python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; r=j["read"]; w=j["write"]
@@ -86,17 +86,19 @@ if [ -n "$compare" ]; then
     T[swapfair-compare]="nbd+unix:///bench?socket=$work/nbd-b/bench.sock"
     order=(io_uring-local swapfair swapfair-compare qemu-nbd nbdkit nbdkit-null)
 fi
-printf '%-16s %-9s %12s %12s %10s\n' TARGET JOB IOPS MiB/s "OF LOCAL"
-# JOBS="randread 4k 1,read 64k 8" picks jobs (rw, block size, queue depth).
+printf '%-16s %-14s %12s %12s %10s\n' TARGET JOB IOPS MiB/s "OF LOCAL"
+# JOBS="randread 4k 1,read 64k 8,randread 4k 8 4" picks jobs (rw, block size, queue depth, and
+# optionally fio threads: "8 4" is four connections of depth 8, as a multi-connection client
+# such as `nbd-client -C 4` drives an export; the exports advertise NBD_FLAG_CAN_MULTI_CONN).
 IFS=, read -ra jobs <<<"${JOBS:-randread 4k 1,randwrite 4k 1,randread 4k 32,randwrite 4k 32,read 64k 8,write 64k 8}"
 for spec in "${jobs[@]}"; do
     set -- $spec
     declare -A iops=()
     for t in "${order[@]}"; do
-        read -r i m < <(job "${T[$t]}" "$1" "$2" "$3")
+        read -r i m < <(job "${T[$t]}" "$1" "$2" "$3" "${4:-1}")
         iops[$t]=$i
         pct=$(python3 -c "print('%.0f%%' % (100*$i/max(${iops[io_uring-local]},1)))")
-        printf '%-16s %-9s %12s %12s %10s\n' "$t" "$1/$2" "$i" "$m" "$pct"
+        printf '%-16s %-14s %12s %12s %10s\n' "$t" "$1/$2/${4:+$4x}$3" "$i" "$m" "$pct"
     done
     echo
 done

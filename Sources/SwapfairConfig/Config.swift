@@ -136,7 +136,7 @@ public struct HostConfig: Sendable, Equatable {
     /// The most of a guest's RAM its balloon may take under reclaim shifting (0.25 = 25%).
     public var reclaimShiftMax: Double = 0.25
     /// How long after the host read a page back from its swap a guest swap-out of the same content
-    /// still counts as double paging (and, with write elision, becomes a reference), in seconds.
+    /// still counts as double paging, in seconds (write elision matches whatever its ring holds).
     public var doublePagingWindow: Double = 2
 
     public init() {}

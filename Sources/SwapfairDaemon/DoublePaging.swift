@@ -32,8 +32,8 @@ struct TrackedTarget: UblkTarget {
 
 /// The host's swap volume with write elision: the device shows the volume less its spare blocks;
 /// each request goes to the physical blocks its slots live in now (a slot a guest shares is
-/// redirected to a spare when the host writes it), and every page the host reads back is kept for
-/// a while so that a guest swap-out of the same bytes can refer to it.
+/// redirected to a spare when the host writes it), and every page the host reads back or writes is
+/// kept for a while so that a guest swap-out of the same bytes can refer to it.
 final class ElidingTarget: UblkTarget, @unchecked Sendable {
     let inner: VolumeTarget
     let tracker: DoublePagingTracker
@@ -69,12 +69,11 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
             }
             let bytes = UnsafeRawBufferPointer(start: buffer, count: length)
             if op == .write {
-                elision.hostWrote(runs[0..<n], ok: result >= 0)
+                elision.hostWrote(runs[0..<n], ok: result >= 0, bytes)
                 if result >= 0 { tracker.hostSwappedOut(bytes: length) }
             } else if result >= 0 {
-                let now = monotonicSeconds()
-                tracker.hostSwappedIn(bytes, now: now)
-                elision.hostRead(runs[0..<n], bytes, now: now)
+                tracker.hostSwappedIn(bytes, now: monotonicSeconds())
+                elision.hostRead(runs[0..<n], bytes)
             }
             return result
         case .flush:
@@ -92,8 +91,19 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
 /// Write elision as the guests' exports see it.
 struct ElisionSharing: BlockSharing {
     let elision: WriteElision
+    /// Where each elided block is logged, if anywhere (`--double-paging-events`).
+    var log: DoublePagingEventLog? = nil
     func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> SharedWrite {
-        switch elision.guestWrite(vm: vm, offset: offset, bytes, now: monotonicSeconds()) {
+        let result: ElisionResult
+        if let log {
+            let now = monotonicSeconds(), first = offset / UInt64(PageDigest.pageSize)
+            result = elision.guestWrite(vm: vm, offset: offset, bytes) { page, fromWrite in
+                log.record(time: now, vm: vm, block: first + UInt64(page), kind: fromWrite ? "elided-from-write" : "elided-from-read")
+            }
+        } else {
+            result = elision.guestWrite(vm: vm, offset: offset, bytes)
+        }
+        switch result {
         case .none: return .writeAll
         case .all: return .writeNone
         case .pages(let elided): return .writeSome(elided: elided)
@@ -110,8 +120,10 @@ struct ElisionSharing: BlockSharing {
     }
 }
 
-/// One line per detected double-paging event ("time vm block"), for benchmarks that judge the
-/// detection against a workload's ground truth (`swapfaird --double-paging-events FILE`).
+/// One line per detected double-paging event ("time vm block"), and with elision one per elided
+/// block ("time vm block elided-from-read" or "elided-from-write", after where its copy came
+/// from), for benchmarks that judge both against a workload's ground truth
+/// (`swapfaird --double-paging-events FILE`).
 final class DoublePagingEventLog: Sendable {
     let fd: Int32
     init?(path: String) {
@@ -119,8 +131,8 @@ final class DoublePagingEventLog: Sendable {
         if fd < 0 { return nil }
     }
     deinit { close(fd) }
-    func record(time: Double, vm: String, block: UInt64) {
-        let line = "\(time) \(vm) \(block)\n"
+    func record(time: Double, vm: String, block: UInt64, kind: String? = nil) {
+        let line = kind.map { "\(time) \(vm) \(block) \($0)\n" } ?? "\(time) \(vm) \(block)\n"
         _ = line.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) }
     }
 }

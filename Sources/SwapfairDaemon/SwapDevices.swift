@@ -69,7 +69,7 @@ public final class SwapDevices: Sendable {
         let hostVolume = try Self.hostSwapVolume(c)
         let elision = try Self.writeElision(c, hostVolume: hostVolume, guests: devices.map { ($0.1.name, $0.2.size) },
                                             logger: logger)
-        let sharing = elision.map { ElisionSharing(elision: $0.elision) }
+        let sharing = elision.map { ElisionSharing(elision: $0.elision, log: eventLog) }
         for (index, vm, d) in devices {
             let volume: Volume
             do { volume = try Volume(path: "\(volumes)/\(vm.name).img", size: d.size) } catch { throw .volume(vm.name, error) }
@@ -178,7 +178,7 @@ public final class SwapDevices: Sendable {
         } catch {
             throw .hostSwap("\(error)")
         }
-        let elision = WriteElision(map: map, hostFD: hostVolume.fd, window: c.host.doublePagingWindow)
+        let elision = WriteElision(map: map, hostFD: hostVolume.fd)
         let s = elision.summary()
         if s.problems.isEmpty {
             logger.notice("write elision on: shared-block accounting rebuilt from its tables", metadata: [

@@ -4,18 +4,25 @@ import Synchronization
 import Glibc
 #endif
 
-/// Write elision for double paging: a guest swap-out of a page the host just read back from its
-/// swap is not written again; the guest's block refers to the host's physical block instead
+/// Write elision for double paging: a guest swap-out of a page whose bytes the host's swap already
+/// holds is not written again; the guest's block refers to the host's physical block instead
 /// (`SharedBlockMap`), which stays put until every reference is gone.
 ///
-/// A match is exact: every page the host reads back is copied into a fixed ring of recent pages
-/// (`cachePages`, reserved and locked up front, so serving swap never needs memory), and a guest
-/// page is elided only when its bytes equal the copy of a block whose content has not changed
-/// since (any host write to the block drops its copy first). A digest picks the candidate; it is
-/// never trusted alone.
+/// A match is exact: every page the host reads back from its swap or writes to it is copied into
+/// a fixed ring of recent pages (`cachePages`, reserved and locked up front, so serving swap never
+/// needs memory), and a guest page is elided only when its bytes equal the copy of a block whose
+/// content has not changed since (any host write to the block drops its copy first). A digest
+/// picks the candidate; it is never trusted alone.
+///
+/// A copy matches for as long as it is in the ring, however long ago the host read or wrote it:
+/// the tracker's window defines a double-paging event (a host read that fed the swap-out), but
+/// eliding a write only needs the bytes to be in the host's block. That matters for the frames
+/// the host keeps in its swap cache with their slot: one that swap readahead brought back seconds
+/// earlier, or one the host has just written out, reaches the guest's swap-out with no host read
+/// at all. With a 2 s window on elision, every redundant write a long lab run missed (11.7% of
+/// them) was such a frame.
 public final class WriteElision: @unchecked Sendable {
     public static let pageSize = PageDigest.pageSize
-    public let window: Double
     public let cachePages: Int
     /// The host swap volume, for guest reads of shared blocks.
     let hostFD: Int32
@@ -24,8 +31,9 @@ public final class WriteElision: @unchecked Sendable {
 
     struct Cached {
         var physical: Int32 = -1
-        var time: Double = 0
         var digest: UInt64 = 0
+        /// Kept from a host write (else from a host read).
+        var written = false
     }
 
     struct State {
@@ -48,8 +56,7 @@ public final class WriteElision: @unchecked Sendable {
 
     private let state: Mutex<State>
 
-    public init(map: SharedBlockMap, hostFD: Int32, window: Double = 2, cachePages: Int = 8192) {
-        self.window = window
+    public init(map: SharedBlockMap, hostFD: Int32, cachePages: Int = 8192) {
         self.cachePages = max(1, cachePages)
         self.hostFD = hostFD
         var raw: UnsafeMutableRawPointer?
@@ -123,8 +130,10 @@ public final class WriteElision: @unchecked Sendable {
         }
     }
 
-    /// The host's write of `runs` completed (`ok`) or failed.
-    public func hostWrote(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, ok: Bool) {
+    /// The host's write of `runs` (from `buffer`, the request's pages) completed (`ok`) or failed.
+    /// What it wrote is kept: the host may still hold the frame in its swap cache, and the
+    /// guest's swap-out of it then comes with no host read.
+    public func hostWrote(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, ok: Bool, _ buffer: UnsafeRawBufferPointer) {
         state.withLock { s in
             for r in runs {
                 for i in 0..<r.pages {
@@ -136,31 +145,35 @@ public final class WriteElision: @unchecked Sendable {
                     }
                 }
             }
+            if ok { keep(&s, runs, buffer, written: true) }
         }
     }
 
-    /// The host read `buffer` (the request's pages) from `runs` at `now`: keep copies.
-    public func hostRead(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer, now: Double) {
-        state.withLock { s in
-            for r in runs {
-                for i in 0..<r.pages {
-                    let page = UnsafeRawBufferPointer(rebasing: buffer[((r.first + i) * Self.pageSize)..<((r.first + i + 1) * Self.pageSize)])
-                    guard let d = PageDigest.of(page) else { continue }
-                    let p = Int32(r.physical + i)
-                    forget(&s, physical: Int(p))
-                    let k = s.next
-                    s.next = (s.next + 1) % cachePages
-                    let old = s.ring[k]
-                    if old.physical >= 0 {
-                        if s.byPhysical[old.physical] == k { s.byPhysical[old.physical] = nil }
-                        if s.byDigest[old.digest] == k { s.byDigest[old.digest] = nil }
-                    }
-                    guard let from = page.baseAddress else { continue }
-                    (copies + k * Self.pageSize).copyMemory(from: from, byteCount: Self.pageSize)
-                    s.ring[k] = Cached(physical: p, time: now, digest: d)
-                    s.byPhysical[p] = k
-                    s.byDigest[d] = k
+    /// The host read `buffer` (the request's pages) from `runs`: keep copies.
+    public func hostRead(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer) {
+        state.withLock { s in keep(&s, runs, buffer, written: false) }
+    }
+
+    private func keep(_ s: inout State, _ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer,
+                      written: Bool) {
+        for r in runs {
+            for i in 0..<r.pages {
+                let page = UnsafeRawBufferPointer(rebasing: buffer[((r.first + i) * Self.pageSize)..<((r.first + i + 1) * Self.pageSize)])
+                guard let d = PageDigest.of(page) else { continue }
+                let p = Int32(r.physical + i)
+                forget(&s, physical: Int(p))
+                let k = s.next
+                s.next = (s.next + 1) % cachePages
+                let old = s.ring[k]
+                if old.physical >= 0 {
+                    if s.byPhysical[old.physical] == k { s.byPhysical[old.physical] = nil }
+                    if s.byDigest[old.digest] == k { s.byDigest[old.digest] = nil }
                 }
+                guard let from = page.baseAddress else { continue }
+                (copies + k * Self.pageSize).copyMemory(from: from, byteCount: Self.pageSize)
+                s.ring[k] = Cached(physical: p, digest: d, written: written)
+                s.byPhysical[p] = k
+                s.byDigest[d] = k
             }
         }
     }
@@ -173,10 +186,12 @@ public final class WriteElision: @unchecked Sendable {
 
     // MARK: the guests' side (their swap devices)
 
-    /// VM `vm` writes `bytes` at `offset` (4 KiB aligned) at `now`. Each page found among the
-    /// host's recent reads becomes a reference and needs no writing; the others must be written
-    /// (and their blocks released once written, see `guestOverwrote`).
-    public func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer, now: Double) -> ElisionResult {
+    /// VM `vm` writes `bytes` at `offset` (4 KiB aligned). Each page found among the host's recent
+    /// reads and writes becomes a reference and needs no writing; the others must be written (and
+    /// their blocks released once written, see `guestOverwrote`). `elided` is told each elided
+    /// page's index and whether its copy came from a host write (else from a host read).
+    public func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer,
+                           elided report: ((Int, Bool) -> Void)? = nil) -> ElisionResult {
         let pages = bytes.count / Self.pageSize
         guard pages > 0, offset % UInt64(Self.pageSize) == 0, bytes.count % Self.pageSize == 0,
               let base = bytes.baseAddress else { return .none }
@@ -188,22 +203,23 @@ public final class WriteElision: @unchecked Sendable {
         }
         guard digests.contains(where: { $0 != nil }) else { return .none }
         let first = Int(offset / UInt64(Self.pageSize))
-        var elided = [Bool](repeating: false, count: pages)
+        var elided = [Bool](repeating: false, count: pages), fromWrite = elided
         let count = state.withLock { s -> Int in
             var n = 0
             for i in 0..<pages {
                 guard let d = digests[i], let k = s.byDigest[d], s.ring[k].physical >= 0,
-                      now - s.ring[k].time <= window,
                       memcmp(copies + k * Self.pageSize, base + i * Self.pageSize, Self.pageSize) == 0,
                       s.map.refer(vm: vm, block: first + i, to: Int(s.ring[k].physical))
                 else { continue }
                 elided[i] = true
+                fromWrite[i] = s.ring[k].written
                 n += 1
             }
             s.counters[vm]?.elidedBytes &+= UInt64(n * Self.pageSize)
             return n
         }
         if count == 0 { return .none }
+        if let report { for i in 0..<pages where elided[i] { report(i, fromWrite[i]) } }
         return count == pages ? .all : .pages(elided)
     }
 

@@ -34,7 +34,7 @@ import Logging
         static func open(_ dir: String, _ host: Volume, _ guest: Volume) throws -> (WriteElision, ElidingTarget, ElisionSharing) {
             let map = SharedBlockMap(hostMap: try BlockTable(path: dir + "/host.map", count: 48), physicalBlocks: 64,
                                      guests: ["g": try BlockTable(path: dir + "/vm-g.refs", count: 32)])
-            let e = WriteElision(map: map, hostFD: host.fd, window: 60)
+            let e = WriteElision(map: map, hostFD: host.fd)
             let t = ElidingTarget(inner: VolumeTarget(volume: host), tracker: DoublePagingTracker(window: 60), elision: e,
                                   slots: 48, maxIOBytes: 8 * 4096)
             return (e, t, ElisionSharing(elision: e))
@@ -104,6 +104,36 @@ import Logging
         #expect(r.guestWrite(block: 8, [3, 99]) == .writeSome(elided: [true, false]))
         #expect(r.guestRead(block: 8) == Rig.expected([3]))
         #expect(r.guestWrite(block: 12, [98, 99]) == .writeAll)
+    }
+
+    /// A frame the host has just written out (still in its swap cache, so the guest reads it with
+    /// no host read) is as much in the host's swap as one read back: its swap-out is elided too,
+    /// and the report says where the copy came from.
+    @Test func aGuestSwapOutOfWhatTheHostJustWroteIsAReference() throws {
+        let r = try Rig()
+        #expect(r.hostWrite(slot: 20, [31, 32]) == 2 * 4096)
+        var bytes = Rig.expected([32, 31])
+        var kinds: [(Int, Bool)] = []
+        let result = bytes.withUnsafeMutableBytes { b in
+            r.elision.guestWrite(vm: "g", offset: 6 * 4096, UnsafeRawBufferPointer(b)) { kinds.append(($0, $1)) }
+        }
+        #expect(result == .all)
+        #expect(kinds.map(\.0) == [0, 1] && kinds.allSatisfy { $0.1 })
+        #expect(r.guestRead(block: 6, pages: 2) == Rig.expected([32, 31]))
+        // After a read of the same block the copy is the read's.
+        _ = r.hostRead(slot: 20, pages: 1)
+        kinds = []
+        bytes = Rig.expected([31])
+        _ = bytes.withUnsafeMutableBytes { b in
+            r.elision.guestWrite(vm: "g", offset: 9 * 4096, UnsafeRawBufferPointer(b)) { kinds.append(($0, $1)) }
+        }
+        #expect(kinds.count == 1 && kinds.first?.1 == false)
+        // The host then rewrites the slot: both guests' blocks keep what they referred to.
+        #expect(r.hostWrite(slot: 20, [40, 41]) == 2 * 4096)
+        #expect(r.guestRead(block: 6, pages: 2) == Rig.expected([32, 31]))
+        #expect(r.guestRead(block: 9) == Rig.expected([31]))
+        #expect(r.hostRead(slot: 20, pages: 2) == Rig.expected([40, 41]))
+        #expect(r.elision.summary(check: true).consistent)
     }
 
     /// The host reuses the slot: its write goes to a spare, the guest's content stays put.
