@@ -137,7 +137,7 @@ public struct HostConfig: Sendable, Equatable {
     public var reclaimShiftMax: Double = 0.25
     /// How long after the host read a page back from its swap a guest swap-out of the same content
     /// still counts as double paging, in seconds (write elision matches whatever its ring holds).
-    public var doublePagingWindow: Double = 2
+    public var doublePagingWindow: Double = 10
 
     public init() {}
 }

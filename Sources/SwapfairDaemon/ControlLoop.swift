@@ -599,7 +599,7 @@ public final class ControlLoop {
                                                      shift: vm.shift?.shift ?? 0, raised: p?.reclaimShift ?? 0, error: k.error)
                 })
         }
-        return StatusReport(daemon: daemon, vms: rows)
+        return StatusReport(daemon: daemon, vms: rows, hostSwap: swapDevices?.hostReport())
     }
 }
 

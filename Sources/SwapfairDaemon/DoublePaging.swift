@@ -33,14 +33,17 @@ struct TrackedTarget: UblkTarget {
 /// The host's swap volume with write elision: the device shows the volume less its spare blocks;
 /// each request goes to the physical blocks its slots live in now (a slot a guest shares is
 /// redirected to a spare when the host writes it), and every page the host reads back or writes is
-/// kept for a while so that a guest swap-out of the same bytes can refer to it.
+/// kept for a while so that a guest swap-out of the same bytes, or the host's own re-swap of an
+/// unchanged page, can refer to it.
 final class ElidingTarget: UblkTarget, @unchecked Sendable {
     let inner: VolumeTarget
     let tracker: DoublePagingTracker
     let elision: WriteElision
     let slots: Int
-    /// The queue's scratch for one request's runs (served one at a time, on the queue's thread).
+    /// The queue's scratch for one request's runs and page digests (served one at a time, on the
+    /// queue's thread).
     private let runs: UnsafeMutableBufferPointer<WriteElision.Run>
+    private let digests: UnsafeMutableBufferPointer<UInt64>
     var size: UInt64 { UInt64(slots) * UInt64(PageDigest.pageSize) }
 
     init(inner: VolumeTarget, tracker: DoublePagingTracker, elision: WriteElision, slots: Int, maxIOBytes: Int) {
@@ -50,9 +53,14 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
         self.slots = slots
         runs = .allocate(capacity: max(1, maxIOBytes / PageDigest.pageSize))
         runs.initialize(repeating: WriteElision.Run(slot: 0, physical: 0, pages: 0, first: 0))
+        digests = .allocate(capacity: max(1, maxIOBytes / PageDigest.pageSize))
+        digests.initialize(repeating: 0)
     }
 
-    deinit { runs.deallocate() }
+    deinit {
+        runs.deallocate()
+        digests.deallocate()
+    }
 
     func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
         let page = PageDigest.pageSize
@@ -60,14 +68,15 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
         case .read, .write:
             guard offset % UInt64(page) == 0, length % page == 0, length / page <= runs.count,
                   offset + UInt64(length) <= size else { return -EINVAL }
-            let n = elision.hostRuns(slot: Int(offset) / page, pages: length / page, write: op == .write, into: runs)
+            let bytes = UnsafeRawBufferPointer(start: buffer, count: length)
+            let n = elision.hostRuns(slot: Int(offset) / page, pages: length / page, write: op == .write, bytes: bytes,
+                                     digests: digests, into: runs)
             guard n >= 0 else { return -EIO }
             var result = Int32(length)
             for r in runs[0..<n] {
                 let got = inner.serve(op, offset: UInt64(r.physical * page), length: r.pages * page, buffer: buffer + r.first * page)
                 if got < 0 { result = got; break }
             }
-            let bytes = UnsafeRawBufferPointer(start: buffer, count: length)
             if op == .write {
                 elision.hostWrote(runs[0..<n], ok: result >= 0, bytes)
                 if result >= 0 { tracker.hostSwappedOut(bytes: length) }
@@ -80,7 +89,11 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
             return inner.serve(.flush, offset: 0, length: 0, buffer: buffer)
         case .discard:
             // Slots may live elsewhere and blocks may be shared; a discard is advisory (what a
-            // discarded block reads is unspecified), so it is acknowledged and skipped.
+            // discarded block reads is unspecified), so it is acknowledged and skipped, except
+            // that slots referring to other blocks let go of them.
+            if offset % UInt64(page) == 0, length % page == 0, offset < size {
+                elision.hostDiscarded(slot: Int(offset) / page, pages: length / page)
+            }
             return 0
         case .writeZeroes:
             return -EOPNOTSUPP  // the kernel then writes zeros as ordinary writes

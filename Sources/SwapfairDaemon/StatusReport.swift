@@ -92,12 +92,27 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var sharedReadBytes: UInt64? = nil
     }
 
+    /// The host's swap device, when swapfaird serves it (`host_swap_device` or `host_swap_size`).
+    public struct HostSwap: Codable, Sendable, Equatable {
+        public var device: String
+        public var swapInBytes: UInt64
+        public var swapOutBytes: UInt64
+        /// With write elision: host swap-outs that were re-swaps of unchanged pages, recorded as
+        /// references instead of written, and the slots that refer to other blocks now.
+        public var elidedBytes: UInt64?
+        public var references: Int?
+        public var sharedBlocks: Int?
+        public var spareBlocks: Int?
+    }
+
     public var daemon: Daemon
     public var vms: [VM]
+    public var hostSwap: HostSwap?
 
-    public init(daemon: Daemon, vms: [VM]) {
+    public init(daemon: Daemon, vms: [VM], hostSwap: HostSwap? = nil) {
         self.daemon = daemon
         self.vms = vms
+        self.hostSwap = hostSwap
     }
 
     /// The report of a daemon that serves swap devices only (`--swap-only`).
@@ -113,7 +128,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
                memoryCurrent: nil, swapCurrent: nil, swapMax: nil, stall: nil, pressureAvg10: nil, activeFraction: nil,
                highEvents: nil, oomKills: nil, lastDecision: nil, swapDevice: figures[vm.name])
         }
-        return StatusReport(daemon: daemon, vms: vms)
+        return StatusReport(daemon: daemon, vms: vms, hostSwap: devices.hostReport())
     }
 
     static let encoder: JSONEncoder = {

@@ -44,6 +44,14 @@ public enum StatusTable {
                 })
             }
         }
+        if let h = r.hostSwap {
+            out += "\nhost swap on \(h.device): swapped in \(Format.bytes(h.swapInBytes)), out \(Format.bytes(h.swapOutBytes))"
+            if let e = h.elidedBytes {
+                out += "; unchanged pages re-swapped as references \(Format.bytes(e)), slots referring elsewhere "
+                    + "\(h.references ?? 0), shared blocks \(h.sharedBlocks ?? 0), spare blocks \(h.spareBlocks ?? 0)"
+            }
+            out += "\n"
+        }
         let shifting = r.vms.compactMap { vm in vm.reclaimShift.map { (vm.name, $0) } }
         if !shifting.isEmpty {
             out += "\nreclaim shifting (the guest's balloon takes RAM and memory.high is raised by as much)\n"

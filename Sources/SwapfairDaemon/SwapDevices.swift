@@ -165,6 +165,8 @@ public final class SwapDevices: Sendable {
             let host = try BlockTable(path: dir + "/host.map", count: physical - spare)
             var tables: [String: BlockTable] = [:]
             for (name, size) in guests { tables[name] = try BlockTable(path: dir + "/vm-\(name).refs", count: Int(size / page)) }
+            // The host's own references: slots it wrote again with bytes another block held.
+            tables[SharedBlockMap.hostReferences] = try BlockTable(path: dir + "/host.refs", count: physical - spare)
             // Tables of VMs no longer configured still hold blocks: they count, or the host would
             // reuse blocks that such a VM, configured again, reads its pages from.
             let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
@@ -255,7 +257,8 @@ public final class SwapDevices: Sendable {
             let s = elision.summary(check: true)
             logger?.notice("write elision: shared-block accounting at stop", metadata: [
                 "consistent": "\(s.consistent)", "shared_blocks": "\(s.sharedBlocks)", "spare_blocks": "\(s.spareBlocks)",
-                "redirects": "\(s.redirects)",
+                "redirects": "\(s.redirects)", "host_elided_bytes": "\(s.hostElidedBytes)",
+                "host_references": "\(s.hostReferences)",
                 "elided_bytes": "\(elision.counters().values.reduce(0) { $0 + $1.elidedBytes })",
             ])
         }
@@ -314,6 +317,23 @@ public final class SwapDevices: Sendable {
             out[name] = device
         }
         return out
+    }
+}
+
+extension SwapDevices {
+    /// What the host's swap device has seen, if swapfaird serves it.
+    public func hostReport() -> StatusReport.HostSwap? {
+        guard let hostSwap, let tracker else { return nil }
+        let (swapIn, swapOut) = tracker.hostBytes()
+        var r = StatusReport.HostSwap(device: hostSwap.blockDevicePath, swapInBytes: swapIn, swapOutBytes: swapOut)
+        if let elision {
+            let s = elision.summary()
+            r.elidedBytes = s.hostElidedBytes
+            r.references = s.hostReferences
+            r.sharedBlocks = s.sharedBlocks
+            r.spareBlocks = s.spareBlocks
+        }
+        return r
     }
 }
 

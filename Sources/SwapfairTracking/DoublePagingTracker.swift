@@ -38,12 +38,13 @@ public struct DoublePagingCounters: Sendable, Equatable, Codable {
 /// every page its guest swaps out. A guest swap-out whose content the host read back from its
 /// swap within `window` seconds is a double-paging event of that VM: the host swapped the page
 /// out, the guest then chose the same page, and the host had to read it back only for it to be
-/// written out again. One host swap-in feeds at most one event. The window (2 s by default) has to
-/// cover swap readahead: a page the host brought back with a neighbour's fault sits in its swap
-/// cache until the guest reads it to write it out, which in the lab came up to a few seconds
-/// later (at 0.5 s the tracker missed 6-7% of the swapped pages the guest wrote out, all of them
-/// such pages). It stays short against the guest's own turnover: a page the host read back because
-/// the guest used it, and that the guest's replacement evicted much later, is not double paging.
+/// written out again. One host swap-in feeds at most one event. The window (10 s by default) has
+/// to cover swap readahead: a page the host brought back with a neighbour's fault sits in its swap
+/// cache until the guest reads it to write it out, which in the lab came many seconds later (the
+/// tracker missed, of the swapped pages the guest wrote out, 6-7% at 0.5 s, 1-7% at 2 s and 0.1%
+/// at 10 s, all of them such pages, with no false detection at any of them). It stays short
+/// against the guest's own turnover: a page the host read back because the guest used it, and
+/// that the guest's replacement evicted much later, is not double paging.
 ///
 /// The table of recent swap-ins has a fixed capacity, reserved up front: it is filled from the
 /// host swap device's queue, which must never need memory to make progress. When it is full the
@@ -65,7 +66,7 @@ public final class DoublePagingTracker: Sendable {
 
     private let state: Mutex<State>
 
-    public init(window: Double = 2, capacity: Int = 1 << 16) {
+    public init(window: Double = 10, capacity: Int = 1 << 16) {
         self.window = window
         self.capacity = max(1, capacity)
         var recent: [UInt64: Double] = [:]

@@ -14,6 +14,10 @@
 /// leaves the tables consistent: data is written before a map entry points at it, and an entry
 /// stops pointing at a block before the block can be reused. Not thread-safe: its owner locks.
 public struct SharedBlockMap: Sendable {
+    /// The key, among the guests' tables, of the host's own references: a slot the host wrote
+    /// again with bytes another block already held (a re-swap of an unchanged page) refers to
+    /// that block, as a guest block would. No VM can have this name.
+    public static let hostReferences = "@host"
     public let hostSlots: Int
     public let physicalBlocks: Int
     /// Slot → 0 (its own block) or physical block + 1.
@@ -91,6 +95,7 @@ public struct SharedBlockMap: Sendable {
 
     /// Whether VM `vm` holds any reference.
     public func holdsReferences(_ vm: String) -> Bool { (held[vm] ?? 0) > 0 }
+    public func referencesHeld(_ vm: String) -> Int { held[vm] ?? 0 }
 
     /// The block the host's write of slot `s` must go to: its own, or a spare when a guest refers
     /// to it; nil when there is none (only tables that failed their rebuild get here: the write

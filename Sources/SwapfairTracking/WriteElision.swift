@@ -44,6 +44,8 @@ public final class WriteElision: @unchecked Sendable {
         var byPhysical: [Int32: Int]
         var counters: [String: Counters] = [:]
         var redirects: UInt64 = 0
+        /// Host writes of pages a block already held (re-swaps of unchanged pages), not written.
+        var hostElidedBytes: UInt64 = 0
     }
 
     /// What elision did for one VM.
@@ -95,17 +97,45 @@ public final class WriteElision: @unchecked Sendable {
 
     /// Where the host's request for `pages` slots from `slot` goes, as runs written into `runs`
     /// (room for `pages`; the swap queue's own, so nothing is allocated per request); returns how
-    /// many. For a write, the blocks' old copies are dropped first and shared blocks are redirected
-    /// to spares; the runs must then be given to `hostWrote`. A write whose block cannot be chosen
-    /// (tables that failed their rebuild) returns -1 with nothing taken: it must fail.
-    public func hostRuns(slot: Int, pages: Int, write: Bool, into runs: UnsafeMutableBufferPointer<Run>) -> Int {
+    /// many. For a write, `bytes` is what it writes and `digests` scratch of room for `pages`. A
+    /// written page whose bytes a copy holds is a re-swap of an unchanged page: the slot then
+    /// refers to the copy's block (or, if that is its own block, stays as it is), and the page
+    /// gets no run. For the other pages the blocks' old copies are dropped first and shared blocks
+    /// are redirected to spares; the runs must then be given to `hostWrote`. A write whose block
+    /// cannot be chosen (tables that failed their rebuild) returns -1 with nothing taken: it must
+    /// fail.
+    public func hostRuns(slot: Int, pages: Int, write: Bool, bytes: UnsafeRawBufferPointer? = nil,
+                         digests: UnsafeMutableBufferPointer<UInt64>? = nil,
+                         into runs: UnsafeMutableBufferPointer<Run>) -> Int {
         precondition(runs.count >= pages)
+        // Digests outside the lock (0: a page of zeros, or no bytes given).
+        let bytes = write ? bytes : nil
+        if let bytes, let digests {
+            precondition(digests.count >= pages && bytes.count >= pages * Self.pageSize)
+            for i in 0..<pages {
+                digests[i] = PageDigest.of(UnsafeRawBufferPointer(rebasing: bytes[(i * Self.pageSize)..<((i + 1) * Self.pageSize)])) ?? 0
+            }
+        }
         return state.withLock { s in
-            var n = 0
+            var n = 0, elided = 0
             for i in 0..<pages {
                 let slotI = slot + i
                 let p: Int
                 if write {
+                    if let bytes, let base = bytes.baseAddress, let digests, digests[i] != 0,
+                       let k = s.byDigest[digests[i]], s.ring[k].physical >= 0,
+                       memcmp(copies + k * Self.pageSize, base + i * Self.pageSize, Self.pageSize) == 0 {
+                        let held = Int(s.ring[k].physical)
+                        if held == s.map.physical(ofSlot: slotI) {
+                            s.map.release(vm: SharedBlockMap.hostReferences, block: slotI)
+                            elided += 1
+                            continue
+                        }
+                        if s.map.refer(vm: SharedBlockMap.hostReferences, block: slotI, to: held) {
+                            elided += 1
+                            continue
+                        }
+                    }
                     forget(&s, physical: s.map.physical(ofSlot: slotI))
                     guard let target = s.map.writeTarget(slot: slotI) else {
                         // Give back the spares taken for the pages before this one.
@@ -117,16 +147,33 @@ public final class WriteElision: @unchecked Sendable {
                     p = target
                     forget(&s, physical: p)
                 } else {
-                    p = s.map.physical(ofSlot: slotI)
+                    p = s.map.reference(vm: SharedBlockMap.hostReferences, block: slotI) ?? s.map.physical(ofSlot: slotI)
                 }
-                if n > 0, runs[n - 1].physical + runs[n - 1].pages == p {
+                if n > 0, runs[n - 1].physical + runs[n - 1].pages == p, runs[n - 1].first + runs[n - 1].pages == i {
                     runs[n - 1].pages += 1
                 } else {
                     runs[n] = Run(slot: slotI, physical: p, pages: 1, first: i)
                     n += 1
                 }
             }
+            s.hostElidedBytes &+= UInt64(elided * Self.pageSize)
             return n
+        }
+    }
+
+    /// The host discarded `pages` slots from `slot`: what they held is unspecified from now on,
+    /// so slots that refer to other blocks let go of them.
+    public func hostDiscarded(slot: Int, pages: Int) {
+        var b = slot
+        while b < slot + pages {
+            let end = min(slot + pages, b + 4096)
+            let more = state.withLock { s -> Bool in
+                guard s.map.holdsReferences(SharedBlockMap.hostReferences) else { return false }
+                for i in b..<end where i < s.map.hostSlots { s.map.release(vm: SharedBlockMap.hostReferences, block: i) }
+                return true
+            }
+            if !more { return }
+            b = end
         }
     }
 
@@ -140,6 +187,9 @@ public final class WriteElision: @unchecked Sendable {
                     if ok {
                         if r.physical + i != s.map.physical(ofSlot: r.slot + i) { s.redirects += 1 }
                         s.map.commitWrite(slot: r.slot + i, target: r.physical + i)
+                        // The slot holds its own content again (after the write, so that a death
+                        // before it leaves the slot as it was).
+                        s.map.release(vm: SharedBlockMap.hostReferences, block: r.slot + i)
                     } else {
                         s.map.abandonWrite(slot: r.slot + i, target: r.physical + i)
                     }
@@ -296,6 +346,10 @@ public final class WriteElision: @unchecked Sendable {
         public var spareBlocks: Int
         public var promised: Int
         public var redirects: UInt64
+        /// Host swap-out bytes that were re-swaps of unchanged pages, recorded as references.
+        public var hostElidedBytes: UInt64
+        /// Host slots that refer to another slot's block now.
+        public var hostReferences: Int
         public var problems: [String]
         public var consistent: Bool
     }
@@ -304,7 +358,8 @@ public final class WriteElision: @unchecked Sendable {
     public func summary(check: Bool = false) -> Summary {
         state.withLock { s in
             Summary(sharedBlocks: s.map.sharedBlocks, spareBlocks: s.map.spareBlocks, promised: s.map.promised,
-                    redirects: s.redirects, problems: s.map.problems, consistent: check ? s.map.agreesWithTables() : true)
+                    redirects: s.redirects, hostElidedBytes: s.hostElidedBytes,
+                    hostReferences: s.map.referencesHeld(SharedBlockMap.hostReferences), problems: s.map.problems, consistent: check ? s.map.agreesWithTables() : true)
         }
     }
 

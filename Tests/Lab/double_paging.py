@@ -206,12 +206,13 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         d.kill()
         return None
     truth_path = f"/tmp/dp-truth-{name}.jsonl"
-    status = {}
+    status, host_swap = {}, {}
     restart = {}
 
     def read_status():
         st = json.loads(subprocess.run([os.path.join(BIN, "swapfairctl"), "status", "--json", "--socket", "/run/swapfair/dp.sock"],
                                        capture_output=True, text=True).stdout or "{}")
+        host_swap.update(st.get("host_swap") or {})
         return next((v.get("swap_device") or {} for v in st.get("vms", []) if v.get("name") == "dp"), {})
 
     def crash():
@@ -245,6 +246,7 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         status = read_status()
     r["served_write"] = status.get("write_bytes", 0)
     r["status"] = status
+    r["host_swap"] = host_swap
     r["restart"] = restart
     r["judged"] = judge(truth_path, detected_path)
     r["judged_pte"] = judge(truth_path, detected_path, "swap_entry")
@@ -371,6 +373,10 @@ def main():
             f"{e['by_kind'].get('elided-from-read', 0)}, from its write for {e['by_kind'].get('elided-from-write', 0)}; "
             f"{e['detected'] - e['matched']} more elided swap-outs were of pages the page table "
             f"did not show swapped at that moment")
+        h = r.get("host_swap", {})
+        log(f"{name}: the host swapped in {mib(h.get('swap_in_bytes', 0))} and out {mib(h.get('swap_out_bytes', 0))}; "
+            f"{mib(h.get('elided_bytes') or 0)} of its swap-outs were re-swaps of unchanged pages, recorded as references "
+            f"({h.get('references', 0)} slots refer to other blocks)")
         # The goal (90%) is printed above; the check is looser, so that it catches elision that
         # stopped working rather than a run's variation.
         c.check(e["truth"] > 0 and share >= 0.7, f"{name}: at least 70% of the redundant writes elided ({100 * share:.1f}%)")

@@ -126,7 +126,7 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
             [host]
             host_swap_device = "/dev/sdb3"
             reclaim_shift_max = "20%"
-            double_paging_window = "2s"
+            double_paging_window = "2.5s"
             [[vm]]
             name = "web"
             swap_device = { size = "2G" }
@@ -136,7 +136,7 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
             name = "db"
             """)
         #expect(c.host.reclaimShiftMax == 0.2)
-        #expect(c.host.doublePagingWindow == 2)
+        #expect(c.host.doublePagingWindow == 2.5)
         #expect(c.vms[0].balloonQMP == "/run/qemu/web.qmp")
         #expect(c.vms[0].guestMemory == 4 << 30)
         #expect(c.vms[1].balloonQMP == nil && c.vms[1].guestMemory == nil)

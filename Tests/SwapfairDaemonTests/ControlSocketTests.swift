@@ -39,6 +39,23 @@ import SwapfairTestSupport
         #expect(stat(path, &st) == 0 && st.st_mode & 0o777 == 0o600)
     }
 
+    /// The host swap section survives the JSON a client reads, and the table shows it.
+    @Test func theHostSwapSectionTravelsAndRenders() throws {
+        var report = StatusReport(daemon: StatusReport.Daemon(
+            version: "t", pid: 1, config: "c", backend: "none", activity: "-", cgroupRoot: "-", intervalSeconds: 1, ticks: 1,
+            uptimeSeconds: 1, memoryBudget: 0, swapBudget: 0, lastTickMilliseconds: 0), vms: [])
+        #expect(try StatusReport.decode(Array(report.json().utf8)).hostSwap == nil)
+        #expect(!StatusTable.render(report).contains("host swap"))
+        report.hostSwap = StatusReport.HostSwap(device: "/dev/ublkb0", swapInBytes: 3 * MiB, swapOutBytes: 5 * MiB,
+                                                elidedBytes: 8192, references: 2, sharedBlocks: 7, spareBlocks: 100)
+        let json = report.json()
+        #expect(json.contains("\"swap_in_bytes\"") && json.contains("\"elided_bytes\""))
+        #expect(try StatusReport.decode(Array(json.utf8)) == report)
+        let table = StatusTable.render(report)
+        #expect(table.contains("host swap on /dev/ublkb0: swapped in 3 MiB, out 5 MiB"), "\(table)")
+        #expect(table.contains("re-swapped as references 8 KiB, slots referring elsewhere 2"), "\(table)")
+    }
+
     @Test func unknownRequestsGetAnError() throws {
         let path = socketPath()
         let server = try ControlServer(path: path, board: StatusBoard(), allowedGroup: nil, logger: LogCapture().logger())

@@ -33,7 +33,8 @@ import Logging
 
         static func open(_ dir: String, _ host: Volume, _ guest: Volume) throws -> (WriteElision, ElidingTarget, ElisionSharing) {
             let map = SharedBlockMap(hostMap: try BlockTable(path: dir + "/host.map", count: 48), physicalBlocks: 64,
-                                     guests: ["g": try BlockTable(path: dir + "/vm-g.refs", count: 32)])
+                                     guests: ["g": try BlockTable(path: dir + "/vm-g.refs", count: 32),
+                                              SharedBlockMap.hostReferences: try BlockTable(path: dir + "/host.refs", count: 48)])
             let e = WriteElision(map: map, hostFD: host.fd)
             let t = ElidingTarget(inner: VolumeTarget(volume: host), tracker: DoublePagingTracker(window: 60), elision: e,
                                   slots: 48, maxIOBytes: 8 * 4096)
@@ -77,6 +78,12 @@ import Logging
                 return n < 0 ? [] : Array(UnsafeRawBufferPointer(start: buffer, count: pages * 4096))
             }
             return ownBlock(block, pages: pages)
+        }
+
+        /// What the host volume's block holds, past the map.
+        func ownHostBlock(_ block: Int) -> [UInt8] {
+            #expect(pread(host.fd, buffer, 4096, off_t(block * 4096)) == 4096)
+            return Array(UnsafeRawBufferPointer(start: buffer, count: 4096))
         }
 
         func ownBlock(_ block: Int, pages: Int = 1) -> [UInt8] {
@@ -134,6 +141,54 @@ import Logging
         #expect(r.guestRead(block: 9) == Rig.expected([31]))
         #expect(r.hostRead(slot: 20, pages: 2) == Rig.expected([40, 41]))
         #expect(r.elision.summary(check: true).consistent)
+    }
+
+    /// The host swaps a page it read back out again, unchanged, to another slot: the slot refers
+    /// to the block that holds it and nothing is written. Each slot then lives its own life:
+    /// the first slot's next write is redirected, the second's releases the reference.
+    @Test func aHostReswapOfAnUnchangedPageIsAReference() throws {
+        let r = try Rig()
+        _ = r.hostWrite(slot: 3, [50])
+        #expect(r.hostRead(slot: 3, pages: 1) == Rig.expected([50]))
+        // Slot 9 gets the same bytes, next to a page of new ones in slot 10.
+        #expect(r.hostWrite(slot: 9, [50, 51]) == 2 * 4096)
+        #expect(r.ownHostBlock(9) == [UInt8](repeating: 0, count: 4096), "the unchanged page was written")
+        #expect(r.ownHostBlock(10) == Rig.expected([51]))
+        #expect(r.hostRead(slot: 9, pages: 2) == Rig.expected([50, 51]))
+        var s = r.elision.summary(check: true)
+        #expect(s.hostElidedBytes == 4096 && s.hostReferences == 1 && s.consistent)
+        // Slot 3 is rewritten: its block is shared, so the write goes to a spare.
+        _ = r.hostWrite(slot: 3, [60])
+        #expect(r.hostRead(slot: 3, pages: 1) == Rig.expected([60]))
+        #expect(r.hostRead(slot: 9, pages: 1) == Rig.expected([50]))
+        // A restarted daemon finds the same.
+        try r.restart()
+        #expect(r.hostRead(slot: 9, pages: 1) == Rig.expected([50]))
+        #expect(r.elision.summary(check: true).consistent)
+        // Slot 9 is rewritten with new bytes: it holds its own again, and the old block is free.
+        _ = r.hostWrite(slot: 9, [70])
+        #expect(r.hostRead(slot: 9, pages: 1) == Rig.expected([70]))
+        s = r.elision.summary(check: true)
+        #expect(s.hostReferences == 0 && s.sharedBlocks == 0 && s.consistent)
+        #expect(r.hostRead(slot: 3, pages: 1) == Rig.expected([60]))
+    }
+
+    /// The same bytes written again to the same slot need no write; a guest that refers to the
+    /// block keeps it; a discard makes referring slots let go.
+    @Test func anUnchangedRewriteInPlaceAndADiscard() throws {
+        let r = try Rig()
+        _ = r.hostWrite(slot: 4, [80])
+        _ = r.hostRead(slot: 4, pages: 1)
+        #expect(r.guestWrite(block: 2, [80]) == .writeNone)
+        #expect(r.hostWrite(slot: 4, [80]) == 4096)
+        var s = r.elision.summary(check: true)
+        #expect(s.hostElidedBytes == 4096 && s.redirects == 0 && s.consistent)
+        _ = r.hostWrite(slot: 11, [80])   // a re-swap to another slot: a reference
+        #expect(r.elision.summary().hostReferences == 1)
+        #expect(r.target.serve(.discard, offset: 11 * 4096, length: 4096, buffer: r.buffer) == 0)
+        s = r.elision.summary(check: true)
+        #expect(s.hostReferences == 0 && s.consistent)
+        #expect(r.guestRead(block: 2) == Rig.expected([80]))
     }
 
     /// The host reuses the slot: its write goes to a spare, the guest's content stays put.
