@@ -101,6 +101,11 @@ public final class LRUGenSampler {
     public private(set) var lastDetails: [String] = []
     /// Targets whose aging made no progress in the last `sample` (their MAX_SEQ did not move).
     public private(set) var lastStuck: [String] = []
+    /// A fall of the fraction by more than this in one period waits for the next to confirm it.
+    public static let collapse = 0.5
+    /// The last fraction reported per target, and the targets whose fall is being held.
+    private var reported: [String: Double] = [:]
+    private var holding: Set<String> = []
 
     public init(file: any LRUGenSource = LRUGenFile()) { self.file = file }
 
@@ -190,13 +195,34 @@ public final class LRUGenSampler {
         // Only what was aged now is remembered: ids that are gone may be reused by the kernel for
         // new groups, and one whose aging failed is primed again next period.
         agedUpTo = next
-        lastDetails = details
         lastStuck = stuck.sorted()
         var out: [String: Double] = [:]
         for target in measured {
             let t = total[target] ?? 0
-            out[String(target.dropFirst())] = t == 0 ? 0 : Double(active[target] ?? 0) / Double(t)
+            let name = String(target.dropFirst()), f = t == 0 ? 0 : Double(active[target] ?? 0) / Double(t)
+            // An aging can move no page at all although the VM touched them. In the lab, under
+            // heavy reclaim, a VM touching its whole working set 300,000 times a second read
+            // 100%, 0%, 100% in three periods, and the 0% cost it part of its memory for a few
+            // seconds. Reclaim's own aging, which skips page tables the forced one would visit,
+            // is one way (see above); a walk the kernel could not set up is another. So a fall of
+            // more than half is taken only when the next period confirms it: a VM that really
+            // went idle is read so one period later.
+            if let previous = reported[name], previous - f > Self.collapse, !holding.contains(name) {
+                holding.insert(name)
+                out[name] = previous
+                let percent = { (x: Double) in "\(Int((x * 100).rounded()))%" }
+                details.append("\(target): read \(percent(f)) active, held at \(percent(previous)) until the next period "
+                               + "confirms the fall")
+            } else {
+                holding.remove(name)
+                reported[name] = f
+                out[name] = f
+            }
         }
+        let asked = Set(targets)
+        reported = reported.filter { asked.contains($0.key) }
+        holding = holding.filter { asked.contains($0) }
+        lastDetails = details
         return out
     }
 }

@@ -85,6 +85,9 @@ import SwapfairSys
         #expect(try sampler.sample(["vm"]).isEmpty)  // the first period primes
         #expect(try sampler.sample(["vm"])["vm"] == 1)  // busy: all of it touched
         kernel.touched = 10
+        // A fall from all to almost nothing waits one period for confirmation.
+        #expect(try sampler.sample(["vm"])["vm"] == 1)
+        #expect(sampler.lastDetails.contains { $0.contains("read 1% active, held at 100%") })
         let idle = try #require(try sampler.sample(["vm"])["vm"])
         #expect(idle < 0.02, "idle read as \(idle)")
         // The aging stops working: nothing is measured (the youngest generation still holds what
@@ -98,8 +101,28 @@ import SwapfairSys
         kernel.touched = 10
         #expect(try sampler.sample(["vm"]).isEmpty)  // primes again
         #expect(sampler.lastStuck.isEmpty)
+        #expect(try sampler.sample(["vm"])["vm"] == 1)  // the fall from before the spell, held once
         let after = try #require(try sampler.sample(["vm"])["vm"])
         #expect(after < 0.02, "idle read as \(after) after the aging came back")
+    }
+
+    /// One period that reads a busy VM as idle (an aging that could not walk its page tables) is
+    /// not reported; a smaller fall, or a rise, is reported at once.
+    @Test func aSingleCollapsedReadingIsHeldAndARealOneFollowsAPeriodLater() throws {
+        let kernel = SimulatedMGLRU()
+        let sampler = LRUGenSampler(file: kernel)
+        kernel.touched = 1000
+        _ = try sampler.sample(["vm"])
+        #expect(try sampler.sample(["vm"])["vm"] == 1)
+        kernel.touched = 0               // the walk skipped: nothing moved
+        #expect(try sampler.sample(["vm"])["vm"] == 1)
+        kernel.touched = 1000            // and the next period walks again
+        #expect(try sampler.sample(["vm"])["vm"] == 1)
+        kernel.touched = 600             // a fall of less than half: at once
+        let f = try #require(try sampler.sample(["vm"])["vm"])
+        #expect(abs(f - 0.6) < 0.01)
+        kernel.touched = 1000            // a rise: at once
+        #expect(try sampler.sample(["vm"])["vm"] == 1)
     }
 
     /// A group removed and made again under the same name (a VM restarted in its scope) leaves its
