@@ -10,31 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-6}
-for p in fio qemu-utils; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="${missing:-} $p"
-done
-[ -z "${missing:-}" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
-swift build -c release --product swapfaird 2>&1 | grep -E "error|complete" | tail -1 || true
-work=$(mktemp -d /var/tmp/swapfair-disk.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+. Benchmarks/nbd/common.sh
+bench_start disk fio qemu-utils
 
 mkdir -p "$work/state/volumes"
 for f in state/volumes/bench local qemu; do
     dd if=/dev/zero of="$work/$f.img" bs=1M count=1024 oflag=direct status=none
 done
-cat > "$work/state.toml" <<TOML
-[host]
-state_dir = "$work/state"
-nbd_dir = "$work/nbd"
-swap_queue_depth = ${SWAP_QUEUE_DEPTH:-64}
-[[vm]]
-name = "bench"
-swap_device = { size = "1G" }
-TOML
-"${SWAPFAIRD:-.build/release/swapfaird}" --config "$work/state.toml" --socket "$work/ctl" --swap-only --log-level error &
-pids+=($!)
+serve_swapfair "${SWAPFAIRD:-.build/release/swapfaird}" "$work/state" "$work/nbd" 1G "${SWAP_QUEUE_DEPTH:-64}"
 qemu-nbd --format=raw --cache=none --aio=io_uring --shared=8 --persistent --socket="$work/qemu.sock" "$work/qemu.img" &
 pids+=($!)
 for s in "$work/nbd/bench.sock" "$work/qemu.sock"; do

@@ -11,15 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-8}
 size=1G
-for p in fio qemu-utils nbdkit; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="${missing:-} $p"
-done
-[ -z "${missing:-}" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
-swift build -c release --product swapfaird 2>&1 | grep -E "error|complete" | tail -1 || true
-work=$(mktemp -d /var/tmp/swapfair-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+. Benchmarks/nbd/common.sh
+bench_start bench fio qemu-utils nbdkit
 
 # The same kind of backing file for every server: a fully written file of $size on the same disk
 # (written, not fallocated: reads of unwritten extents never reach the disk).
@@ -29,24 +22,11 @@ for f in swapfair qemu nbdkit local ${compare:+compare}; do
 done
 mkdir -p "$work/state/volumes"
 mv "$work/swapfair.img" "$work/state/volumes/bench.img"
-serve() {  # daemon state-dir socket-dir: one export "bench" of the volume in state-dir
-    cat > "$2.toml" <<TOML
-[host]
-state_dir = "$2"
-nbd_dir = "$3"
-swap_queue_depth = 64
-[[vm]]
-name = "bench"
-swap_device = { size = "$size" }
-TOML
-    "$1" --config "$2.toml" --socket "$2.ctl" --swap-only --log-level error &
-    pids+=($!)
-}
-serve "${SWAPFAIRD:-.build/release/swapfaird}" "$work/state" "$work/nbd"
+serve_swapfair "${SWAPFAIRD:-.build/release/swapfaird}" "$work/state" "$work/nbd" "$size"
 if [ -n "$compare" ]; then
     mkdir -p "$work/state-b/volumes"
     mv "$work/compare.img" "$work/state-b/volumes/bench.img"
-    serve "$compare" "$work/state-b" "$work/nbd-b"
+    serve_swapfair "$compare" "$work/state-b" "$work/nbd-b" "$size"
 fi
 qemu-nbd --format=raw --cache=none --aio=io_uring --shared=8 --persistent --socket="$work/qemu.sock" "$work/qemu.img" &
 pids+=($!)

@@ -78,7 +78,7 @@ final class ElidingTarget: UblkTarget, @unchecked Sendable {
                 if got < 0 { result = got; break }
             }
             if op == .write {
-                elision.hostWrote(runs[0..<n], ok: result >= 0, bytes)
+                elision.hostWrote(runs[0..<n], ok: result >= 0, bytes, digests: digests)
                 if result >= 0 { tracker.hostSwappedOut(bytes: length) }
             } else if result >= 0 {
                 tracker.hostSwappedIn(bytes, now: monotonicSeconds())
@@ -107,16 +107,12 @@ struct ElisionSharing: BlockSharing {
     /// Where each elided block is logged, if anywhere (`--double-paging-events`).
     var log: DoublePagingEventLog? = nil
     func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> SharedWrite {
-        let result: ElisionResult
-        if let log {
-            let now = monotonicSeconds(), first = offset / UInt64(PageDigest.pageSize)
-            result = elision.guestWrite(vm: vm, offset: offset, bytes) { page, fromWrite in
-                log.record(time: now, vm: vm, block: first + UInt64(page), kind: fromWrite ? "elided-from-write" : "elided-from-read")
-            }
-        } else {
-            result = elision.guestWrite(vm: vm, offset: offset, bytes)
-        }
-        switch result {
+        let first = offset / UInt64(PageDigest.pageSize)
+        let report = log.map { log in { @Sendable (page: Int, fromWrite: Bool) in
+            log.record(time: monotonicSeconds(), vm: vm, block: first + UInt64(page),
+                       kind: fromWrite ? "elided-from-write" : "elided-from-read")
+        } }
+        switch elision.guestWrite(vm: vm, offset: offset, bytes, elided: report) {
         case .none: return .writeAll
         case .all: return .writeNone
         case .pages(let elided): return .writeSome(elided: elided)

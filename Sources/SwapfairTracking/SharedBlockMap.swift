@@ -66,6 +66,7 @@ public struct SharedBlockMap: Sendable {
             for b in 0..<table.count where table[b] != 0 {
                 let p = Int(table[b]) - 1
                 if p >= physicalBlocks || refs[p] == UInt16.max { bad += 1; continue }
+                if refs[p] == 0 { sharedBlocks += 1 }
                 refs[p] += 1
                 held[vm, default: 0] += 1
             }
@@ -90,7 +91,9 @@ public struct SharedBlockMap: Sendable {
     public func references(_ p: Int) -> Int { Int(refs[p]) }
 
     /// Blocks with at least one guest reference, and all references.
-    public var sharedBlocks: Int { refs.reduce(0) { $0 + ($1 > 0 ? 1 : 0) } }
+    /// Kept as references come and go: the status reads it every tick, under the lock the
+    /// host's swap path takes.
+    public private(set) var sharedBlocks = 0
     public var spareBlocks: Int { spare.count }
 
     /// Whether VM `vm` holds any reference.
@@ -146,6 +149,7 @@ public struct SharedBlockMap: Sendable {
         if !hostOwned && refs[p] == 0 { return false }  // a spare: its content is not kept
         if hostOwned && refs[p] == 0 && promised + 1 > spare.count { return false }
         if hostOwned && refs[p] == 0 { promised += 1 }
+        if refs[p] == 0 { sharedBlocks += 1 }
         refs[p] += 1
         let old = table[b]
         table[b] = UInt32(p + 1)
@@ -172,6 +176,7 @@ public struct SharedBlockMap: Sendable {
         guard p < physicalBlocks, refs[p] > 0 else { return }
         refs[p] -= 1
         guard refs[p] == 0 else { return }
+        sharedBlocks -= 1
         if owner[p] != 0 { promised -= 1 } else { spare.append(UInt32(p)) }
     }
 
@@ -179,7 +184,7 @@ public struct SharedBlockMap: Sendable {
     /// restarted daemon (and the tests) make of the shared-block accounting.
     public func agreesWithTables() -> Bool {
         let fresh = SharedBlockMap(hostMap: hostMap, physicalBlocks: physicalBlocks, guests: guests)
-        return fresh.refs == refs && fresh.owner == owner && fresh.promised == promised && fresh.held == held
+        return fresh.refs == refs && fresh.sharedBlocks == sharedBlocks && fresh.owner == owner && fresh.promised == promised && fresh.held == held
             && Set(fresh.spare) == Set(spare) && fresh.problems == problems
     }
 }

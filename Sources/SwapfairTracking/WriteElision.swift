@@ -179,8 +179,10 @@ public final class WriteElision: @unchecked Sendable {
 
     /// The host's write of `runs` (from `buffer`, the request's pages) completed (`ok`) or failed.
     /// What it wrote is kept: the host may still hold the frame in its swap cache, and the
-    /// guest's swap-out of it then comes with no host read.
-    public func hostWrote(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, ok: Bool, _ buffer: UnsafeRawBufferPointer) {
+    /// guest's swap-out of it then comes with no host read. `digests`: those `hostRuns` made of
+    /// the same request, if it was given scratch.
+    public func hostWrote(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, ok: Bool, _ buffer: UnsafeRawBufferPointer,
+                          digests: UnsafeMutableBufferPointer<UInt64>? = nil) {
         state.withLock { s in
             for r in runs {
                 for i in 0..<r.pages {
@@ -195,21 +197,29 @@ public final class WriteElision: @unchecked Sendable {
                     }
                 }
             }
-            if ok { keep(&s, runs, buffer, written: true) }
+            if ok { keep(&s, runs, buffer, digests: digests, written: true) }
         }
     }
 
     /// The host read `buffer` (the request's pages) from `runs`: keep copies.
     public func hostRead(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer) {
-        state.withLock { s in keep(&s, runs, buffer, written: false) }
+        state.withLock { s in keep(&s, runs, buffer, digests: nil, written: false) }
     }
 
     private func keep(_ s: inout State, _ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer,
-                      written: Bool) {
+                      digests: UnsafeMutableBufferPointer<UInt64>?, written: Bool) {
         for r in runs {
             for i in 0..<r.pages {
                 let page = UnsafeRawBufferPointer(rebasing: buffer[((r.first + i) * Self.pageSize)..<((r.first + i + 1) * Self.pageSize)])
-                guard let d = PageDigest.of(page) else { continue }
+                // Zero pages are not kept (0 in the scratch: a page of zeros).
+                let d: UInt64
+                if let digests {
+                    guard digests[r.first + i] != 0 else { continue }
+                    d = digests[r.first + i]
+                } else {
+                    guard let x = PageDigest.of(page) else { continue }
+                    d = x
+                }
                 let p = Int32(r.physical + i)
                 forget(&s, physical: Int(p))
                 let k = s.next
