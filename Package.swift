@@ -124,6 +124,7 @@ let package = Package(
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
         .testTarget(name: "SwapfairWorkloadTests", dependencies: ["SwapfairWorkload"], swiftSettings: strict),
         .testTarget(name: "SwapfairTrackingTests", dependencies: ["SwapfairTracking"], swiftSettings: strict),
+        .testTarget(name: "SwapfairUblkTests", dependencies: ["SwapfairUblk", "SwapfairIO", "SwapfairSys"], swiftSettings: strict),
         .testTarget(name: "SwapfairQMPTests", dependencies: ["SwapfairQMP", "SwapfairSys"], swiftSettings: strict),
         .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation", "SwapfairTestSupport"], swiftSettings: strict),

@@ -1,15 +1,18 @@
 #!/bin/bash
 # What one block request costs through each path a guest's or the host's swap can take, side by
-# side on the lab's real kernel: null_blk (in the kernel, RAM), a swapfair NBD export through the
-# kernel's nbd client, and swapfaird's ublk device, all three backed by RAM, so that the figures
-# are the paths' own cost. fio, 4 KiB random reads and writes at queue depth 1 (a guest pager's
-# synchronous faults) and 32. Prints one table.
+# side on the lab's real kernel. First, all backed by RAM, so that the figures are the paths' own
+# cost: null_blk (in the kernel), a swapfair NBD export through the kernel's nbd client, and
+# swapfaird's ublk device. Then on the lab's disk (a virtio disk, an image file on the host), as
+# the host's swap has it: fio on the disk itself, and swapfaird's ublk device with the disk as its
+# volume, where the requests a queue has in flight at once matter. fio, 4 KiB random reads and
+# writes at queue depth 1 (a guest pager's synchronous faults) and 32. Prints one table.
 #   Benchmarks/lab/devices.sh          on the host: boots the lab and runs itself there
+#   SWAPFAIRD_COMPARE=path             adds rows for another build of swapfaird on the disk
 set -u
 cd "$(dirname "$0")/../.."
 if ! grep -q swapfair_lab /proc/cmdline; then
     swift build -c release --product swapfaird >/dev/null && swift build -c release --product swapfairctl >/dev/null || exit 1
-    exec env LAB_SWAP=none LAB_TIMEOUT=900 Tests/Lab/run-guest.sh . "bash Benchmarks/lab/devices.sh"
+    exec env LAB_SWAP=disk:2G LAB_TIMEOUT=1200 LAB_PASS_ENV="SWAPFAIRD_COMPARE" Tests/Lab/run-guest.sh . "bash Benchmarks/lab/devices.sh"
 fi
 BIN=${SWAPFAIR_BIN:-$PWD/.build/release}
 OUT=/tmp/devices-bench
@@ -17,27 +20,36 @@ mkdir -p "$OUT" /run/swapfair
 modprobe null_blk nr_devices=1 memory_backed=1 gb=1 bs=4096 queue_mode=2
 modprobe nbd
 modprobe ublk_drv
-cat > "$OUT/swapfair.toml" <<TOML
+# config FILE STATE VOLUME: a swap-only configuration whose host swap is VOLUME (a TOML line).
+config() {
+    cat > "$1" <<TOML
 [host]
-state_dir = "/tmp/devices-state"
+state_dir = "$2"
 nbd_dir = "/run/swapfair/nbd"
-host_swap_size = "1G"
+$3
 [[vm]]
 name = "bench"
 swap_device = { size = "1G" }
 TOML
-"$BIN/swapfaird" --config "$OUT/swapfair.toml" --socket /run/swapfair/bench.sock --swap-only > "$OUT/daemon.log" 2>&1 &
-daemon=$!
-for _ in $(seq 300); do grep -q "device=/dev/ublkb" "$OUT/daemon.log" && [ -S /run/swapfair/nbd/bench.sock ] && break; sleep 0.1; done
-ublk=$(grep -o "device=/dev/ublkb[0-9]*" "$OUT/daemon.log" | head -1 | cut -d= -f2)
-nbd-client -u -N bench /run/swapfair/nbd/bench.sock /dev/nbd1 -b 4096 > "$OUT/nbd-client.log" 2>&1 || { echo "nbd-client failed"; cat "$OUT/nbd-client.log"; }
+}
+# serve BUILD CONFIG LOG: starts that build of swapfaird ($daemon) and finds its ublk device ($dev).
+serve() {
+    rm -f /run/swapfair/nbd/bench.sock
+    "$1" --config "$2" --socket /run/swapfair/bench.sock --swap-only > "$3" 2>&1 &
+    daemon=$!
+    for _ in $(seq 300); do grep -q "device=/dev/ublkb" "$3" && [ -S /run/swapfair/nbd/bench.sock ] && break; sleep 0.1; done
+    dev=$(grep -o "device=/dev/ublkb[0-9]*" "$3" | head -1 | cut -d= -f2)
+    [ -n "$dev" ] || { echo "no ublk device from $1"; tail -3 "$3"; }
+}
 rows=""
-for dev in /dev/nullb0 /dev/nbd1 ${ublk:-}; do
+# measure DEVICE LABEL [SIZE]: the four fio jobs on DEVICE, a row each.
+measure() {
+    local dev=$1 label=$2 size=${3:-256M}
     for job in "randread 1" "randwrite 1" "randread 32" "randwrite 32"; do
         set -- $job
-        fio --name=b --filename=$dev --rw=$1 --bs=4k --iodepth=$2 --ioengine=io_uring --direct=1 --size=256M \
+        fio --name=b --filename=$dev --rw=$1 --bs=4k --iodepth=$2 --ioengine=io_uring --direct=1 --size=$size \
             --time_based --runtime=6 --output-format=json > "$OUT/fio.json" 2>/dev/null
-        rows+=$(python3 - "$dev" "$1" "$2" "$OUT/fio.json" <<'PY'
+        rows+=$(python3 - "$label" "$1" "$2" "$OUT/fio.json" <<'PY'
 import json, sys
 dev, rw, qd, path = sys.argv[1:]
 try:
@@ -48,17 +60,52 @@ except Exception as e:
 PY
 )$'\n'
     done
-done
+}
+
+# All in RAM: null_blk, this build's NBD export and ublk device (its volume a file on tmpfs), and
+# the other build's ublk device.
+config "$OUT/swapfair.toml" /tmp/devices-state 'host_swap_size = "1G"'
+serve "$BIN/swapfaird" "$OUT/swapfair.toml" "$OUT/daemon.log"
+nbd-client -u -N bench /run/swapfair/nbd/bench.sock /dev/nbd1 -b 4096 > "$OUT/nbd-client.log" 2>&1 || { echo "nbd-client failed"; cat "$OUT/nbd-client.log"; }
+measure /dev/nullb0 "null_blk (kernel, RAM)"
+measure /dev/nbd1 "swapfair NBD export (kernel nbd client, RAM)"
+[ -n "$dev" ] && measure "$dev" "swapfair ublk device (RAM)"
 nbd-client -d /dev/nbd1 >/dev/null 2>&1
 kill $daemon; wait $daemon
+for build in ${SWAPFAIRD_COMPARE:-}; do
+    rm -rf /tmp/devices-state-compare
+    config "$OUT/compare.toml" /tmp/devices-state-compare 'host_swap_size = "1G"'
+    serve "$build" "$OUT/compare.toml" "$OUT/compare-daemon.log"
+    [ -n "$dev" ] && measure "$dev" "swapfair ublk device (RAM) ($build)"
+    kill $daemon; wait $daemon
+    rm -rf /tmp/devices-state-compare
+done
+
+# On the lab's disk: the disk itself, then swapfaird's ublk device over it (the whole disk as the
+# volume), for this build and the one to compare with.
+disk=$(awk '/^\/dev\/vd/ {print $1}' /proc/swaps | head -1)
+if [ -n "$disk" ]; then
+    swapoff "$disk"
+    measure "$disk" "lab disk $disk (kernel)" 1G
+    n=0
+    for build in "$BIN/swapfaird" ${SWAPFAIRD_COMPARE:-}; do
+        n=$((n + 1))
+        rm -rf /tmp/devices-disk-state$n
+        config "$OUT/disk$n.toml" /tmp/devices-disk-state$n "host_swap_device = \"$disk\""
+        serve "$build" "$OUT/disk$n.toml" "$OUT/disk-daemon$n.log"
+        label="swapfair ublk device over $disk"
+        [ "$build" != "$BIN/swapfaird" ] && label="$label ($build)"
+        [ -n "$dev" ] && measure "$dev" "$label" 1G
+        kill $daemon; wait $daemon
+    done
+    mkswap "$disk" >/dev/null && swapon "$disk"
+fi
 echo
-echo "4 KiB requests, each path backed by RAM (lab kernel $(uname -r), QEMU TCG: every instruction emulated)"
+echo "4 KiB requests (lab kernel $(uname -r), QEMU TCG: every instruction emulated)"
 printf '%s' "$rows" | python3 -c '
 import sys
 rows = [l.split("|") for l in sys.stdin.read().splitlines() if l]
-names = {"/dev/nullb0": "null_blk (kernel)", "/dev/nbd1": "swapfair NBD export (kernel nbd client)"}
 head = ["DEVICE", "PATTERN", "DEPTH", "IOPS", "MEAN LATENCY us", "P99 us"]
-rows = [[names.get(r[0], "swapfair ublk device " + r[0])] + r[1:] for r in rows]
 w = [max(len(x[i]) for x in [head] + rows) for i in range(len(head))]
 for r in [head] + rows:
     print("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))

@@ -23,6 +23,8 @@ int swapfair_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid
 
 int swapfair_set_io_flusher(void) { return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0); }
 
+int swapfair_set_thread_name(const char *name) { return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }
+
 int swapfair_o_direct(void) { return O_DIRECT; }
 
 int swapfair_o_noatime(void) { return O_NOATIME; }

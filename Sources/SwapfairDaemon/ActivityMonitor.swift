@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SwapfairCgroup
+import SwapfairSys
 import Synchronization
 
 /// Samples the VMs' active fractions with MGLRU on a thread of its own, so that a slow page-table
@@ -32,9 +33,7 @@ public final class ActivityMonitor: Sendable {
     public func fraction(of group: String) -> Double? { latest.withLock { $0[group] } }
 
     public func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "activity"
-        thread.start()
+        startThread(named: "activity") { [self] in run() }
     }
 
     public func stop() {

@@ -16,13 +16,15 @@ struct TrackedTarget: UblkTarget {
     let inner: VolumeTarget
     let tracker: DoublePagingTracker
     var size: UInt64 { inner.size }
+    var transfersInline: Bool { inner.transfersInline }
 
-    func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
-        let result = inner.serve(op, offset: offset, length: length, buffer: buffer)
-        if result > 0 && length % PageDigest.pageSize == 0 {
-            switch op {
-            case .read: tracker.hostSwappedIn(UnsafeRawBufferPointer(start: buffer, count: length), now: monotonicSeconds())
-            case .write: tracker.hostSwappedOut(bytes: length)
+    func start(_ r: UblkRequest, transfers: inout UblkTransfers) -> UblkStart { inner.start(r, transfers: &transfers) }
+
+    func finish(_ r: UblkRequest, result: Int32) -> Int32 {
+        if result > 0 && r.length % PageDigest.pageSize == 0 {
+            switch r.kind {
+            case .read: tracker.hostSwappedIn(UnsafeRawBufferPointer(start: r.buffer, count: r.length), now: monotonicSeconds())
+            case .write: tracker.hostSwappedOut(bytes: r.length)
             default: break
             }
         }
@@ -35,69 +37,81 @@ struct TrackedTarget: UblkTarget {
 /// redirected to a spare when the host writes it), and every page the host reads back or writes is
 /// kept for a while so that a guest swap-out of the same bytes, or the host's own re-swap of an
 /// unchanged page, can refer to it.
-final class ElidingTarget: UblkTarget, @unchecked Sendable {
+struct ElidingTarget: UblkTarget {
     let inner: VolumeTarget
     let tracker: DoublePagingTracker
     let elision: WriteElision
     let slots: Int
-    /// The queue's scratch for one request's runs and page digests (served one at a time, on the
-    /// queue's thread).
-    private let runs: UnsafeMutableBufferPointer<WriteElision.Run>
-    private let digests: UnsafeMutableBufferPointer<UInt64>
+    /// Pages in the largest request.
+    let maxPages: Int
     var size: UInt64 { UInt64(slots) * UInt64(PageDigest.pageSize) }
+    var transfersInline: Bool { inner.transfersInline }
 
     init(inner: VolumeTarget, tracker: DoublePagingTracker, elision: WriteElision, slots: Int, maxIOBytes: Int) {
         self.inner = inner
         self.tracker = tracker
         self.elision = elision
         self.slots = slots
-        runs = .allocate(capacity: max(1, maxIOBytes / PageDigest.pageSize))
-        runs.initialize(repeating: WriteElision.Run(slot: 0, physical: 0, pages: 0, first: 0))
-        digests = .allocate(capacity: max(1, maxIOBytes / PageDigest.pageSize))
-        digests.initialize(repeating: 0)
+        maxPages = max(1, maxIOBytes / PageDigest.pageSize)
     }
 
-    deinit {
-        runs.deallocate()
-        digests.deallocate()
+    /// Each tag's scratch: the count of its runs, its runs, and its pages' digests.
+    var scratchBytes: Int { 16 + maxPages * MemoryLayout<WriteElision.Run>.stride + maxPages * 8 }
+
+    private func count(_ r: UblkRequest) -> UnsafeMutablePointer<Int> { r.scratch.bindMemory(to: Int.self, capacity: 1) }
+    private func runs(_ r: UblkRequest) -> UnsafeMutableBufferPointer<WriteElision.Run> {
+        UnsafeMutableBufferPointer(start: (r.scratch + 16).bindMemory(to: WriteElision.Run.self, capacity: maxPages), count: maxPages)
+    }
+    private func digests(_ r: UblkRequest) -> UnsafeMutableBufferPointer<UInt64> {
+        let at = 16 + maxPages * MemoryLayout<WriteElision.Run>.stride
+        return UnsafeMutableBufferPointer(start: (r.scratch + at).bindMemory(to: UInt64.self, capacity: maxPages), count: maxPages)
     }
 
-    func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
+    func start(_ r: UblkRequest, transfers: inout UblkTransfers) -> UblkStart {
         let page = PageDigest.pageSize
-        switch op {
+        switch r.kind {
         case .read, .write:
-            guard offset % UInt64(page) == 0, length % page == 0, length / page <= runs.count,
-                  offset + UInt64(length) <= size else { return -EINVAL }
-            let bytes = UnsafeRawBufferPointer(start: buffer, count: length)
-            let n = elision.hostRuns(slot: Int(offset) / page, pages: length / page, write: op == .write, bytes: bytes,
-                                     digests: digests, into: runs)
-            guard n >= 0 else { return -EIO }
-            var result = Int32(length)
-            for r in runs[0..<n] {
-                let got = inner.serve(op, offset: UInt64(r.physical * page), length: r.pages * page, buffer: buffer + r.first * page)
-                if got < 0 { result = got; break }
+            guard r.offset % UInt64(page) == 0, r.length % page == 0, r.length / page <= maxPages,
+                  r.offset + UInt64(r.length) <= size else { return .done(-EINVAL) }
+            let bytes = UnsafeRawBufferPointer(start: r.buffer, count: r.length)
+            let runs = runs(r)
+            let n = elision.hostRuns(slot: Int(r.offset) / page, pages: r.length / page, write: r.kind == .write, bytes: bytes,
+                                     digests: digests(r), into: runs)
+            guard n >= 0 else { return .done(-EIO) }
+            count(r).pointee = n
+            for run in runs[0..<n] {
+                // Room for one transfer per page of the largest request, and runs are at most that.
+                let added = transfers.add(fd: inner.volume.fd, offset: UInt64(run.physical * page), length: run.pages * page,
+                                          bufferOffset: run.first * page)
+                precondition(added, "a request's runs exceed the queue's room for its transfers")
             }
-            if op == .write {
-                elision.hostWrote(runs[0..<n], ok: result >= 0, bytes, digests: digests)
-                if result >= 0 { tracker.hostSwappedOut(bytes: length) }
-            } else if result >= 0 {
-                tracker.hostSwappedIn(bytes, now: monotonicSeconds())
-                elision.hostRead(runs[0..<n], bytes)
-            }
-            return result
+            return .transfer
         case .flush:
-            return inner.serve(.flush, offset: 0, length: 0, buffer: buffer)
+            return inner.start(r, transfers: &transfers)
         case .discard:
             // Slots may live elsewhere and blocks may be shared; a discard is advisory (what a
             // discarded block reads is unspecified), so it is acknowledged and skipped, except
             // that slots referring to other blocks let go of them.
-            if offset % UInt64(page) == 0, length % page == 0, offset < size {
-                elision.hostDiscarded(slot: Int(offset) / page, pages: length / page)
+            if r.offset % UInt64(page) == 0, r.length % page == 0, r.offset < size {
+                elision.hostDiscarded(slot: Int(r.offset) / page, pages: r.length / page)
             }
-            return 0
+            return .done(0)
         case .writeZeroes:
-            return -EOPNOTSUPP  // the kernel then writes zeros as ordinary writes
+            return .done(-EOPNOTSUPP)  // the kernel then writes zeros as ordinary writes
         }
+    }
+
+    func finish(_ r: UblkRequest, result: Int32) -> Int32 {
+        let bytes = UnsafeRawBufferPointer(start: r.buffer, count: r.length)
+        let done = runs(r)[0..<count(r).pointee]
+        if r.kind == .write {
+            elision.hostWrote(done, ok: result >= 0, bytes, digests: digests(r))
+            if result >= 0 { tracker.hostSwappedOut(bytes: r.length) }
+        } else if r.kind == .read && result >= 0 {
+            tracker.hostSwappedIn(bytes, now: monotonicSeconds())
+            elision.hostRead(done, bytes)
+        }
+        return result
     }
 }
 

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Synchronization
 import SwapfairCgroup
+import SwapfairSys
 
 /// Writes a VM's knobs through the backend with a time bound on the control loop. Lowering
 /// `memory.high` or `memory.max` below a group's usage can make the writer reclaim synchronously
@@ -56,6 +57,7 @@ public final class KnobWriter: Sendable {
         // A dedicated thread, not a dispatch queue: a write stuck in reclaim must not take a
         // worker from a pool the rest of the process relies on.
         let thread = Thread {
+            nameCurrentThread("knob-writer")
             let r: Result
             do throws(BackendError) { try backend.write(changes, to: group); r = .written } catch { r = .failed(error) }
             let abandoned = job.state.withLock { s in

@@ -71,9 +71,7 @@ public final class ExportServer: Sendable {
     }
 
     public func start() {
-        let t = Thread { [self] in acceptLoop() }
-        t.name = "nbd-\(name)"
-        t.start()
+        startThread(named: "nbd-\(name)") { [self] in acceptLoop() }
     }
 
     public func stop() {
@@ -159,20 +157,16 @@ final class Connection: @unchecked Sendable {
     }
 
     func start() {
-        let r = Thread { [self] in
+        startThread(named: "nbd-read") { [self] in
             readLoop()
             close()
             writerDone.wait()
             server.finished(self)
         }
-        r.name = "nbd-read"
-        r.start()
-        let w = Thread { [self] in
+        startThread(named: "nbd-write") { [self] in
             writeLoop()
             writerDone.signal()
         }
-        w.name = "nbd-write"
-        w.start()
     }
 
     func close() {

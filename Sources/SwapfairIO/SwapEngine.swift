@@ -220,12 +220,10 @@ public final class SwapEngine: @unchecked Sendable {
     }
 
     public func start() {
-        let t = Thread { [self] in
+        startThread(named: "swap-engine") { [self] in
             run()
             finished.signal()
         }
-        t.name = "swap-engine"
-        t.start()
     }
 
     /// Stops after the requests already in flight complete; queued ones fail with ESHUTDOWN.

@@ -94,6 +94,11 @@ public final class Volume: Sendable {
     /// `pread`s or `pwrite`s the whole range, again after EINTR and short transfers. Returns the
     /// bytes done, fewer than `length` only at the end of the file, or -errno.
     public func transfer(write: Bool, _ buffer: UnsafeMutableRawPointer, length: Int, offset: UInt64) -> Int {
+        Self.transfer(fd: fd, write: write, buffer, length: length, offset: offset)
+    }
+
+    /// The same on any descriptor.
+    public static func transfer(fd: Int32, write: Bool, _ buffer: UnsafeMutableRawPointer, length: Int, offset: UInt64) -> Int {
         var done = 0
         while done < length {
             let n = write

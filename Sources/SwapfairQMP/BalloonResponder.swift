@@ -24,13 +24,11 @@ public final class BalloonResponder: Sendable {
 
     /// Serves clients one after another on a thread of its own, until `stop`.
     public func start() {
-        let thread = Thread { [self] in
+        startThread(named: "balloon-qmp") { [self] in
             while let c = try? listener.accept() {
                 serve(c)
             }
         }
-        thread.name = "balloon-qmp"
-        thread.start()
     }
 
     public func stop() {

@@ -168,35 +168,39 @@ public final class UblkDevice: @unchecked Sendable {
     }
 }
 
-/// A swap volume as a ublk target: requests become `pread`/`pwrite` on the volume's file (O_DIRECT
-/// where the file system allows it; the queue's buffers are page-aligned), flushes `fdatasync`,
-/// discards and write-zeroes punch holes (the volume is sparse; holes read as zeros).
+/// A swap volume as a ublk target: reads and writes go to the volume's file on the queue's ring
+/// (O_DIRECT where the file system allows it; the queue's buffers are page-aligned; a buffered
+/// file's, or one in RAM, are done at once on the queue's thread instead), flushes are
+/// `fdatasync`, discards and write-zeroes punch holes (the volume is sparse; holes read as zeros).
 public struct VolumeTarget: UblkTarget {
     public let volume: Volume
     public var size: UInt64 { volume.size }
+    public let transfersInline: Bool
 
-    public init(volume: Volume) { self.volume = volume }
+    public init(volume: Volume) {
+        self.volume = volume
+        // A buffered file, or one in RAM (tmpfs, which io_uring hands to a worker thread even
+        // with O_DIRECT): in the lab, `pread` on the queue's thread served a RAM-backed volume's
+        // requests at three times the rate at depth 1.
+        // (A block device's node is on devtmpfs, which has tmpfs's magic: only files count.)
+        var st = stat()
+        let regular = fstat(volume.fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+        let tmpfs = 0x0102_1994
+        transfersInline = !volume.direct || (regular && (try? FileAccess.fileSystemType(volume.path)) == tmpfs)
+    }
 
-    public func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
-        switch op {
+    public func start(_ r: UblkRequest, transfers: inout UblkTransfers) -> UblkStart {
+        switch r.kind {
         case .read, .write:
-            let done = volume.transfer(write: op == .write, buffer, length: length, offset: offset)
-            if done < 0 { return Int32(done) }
-            if done < length {
-                // Past the end of the file: a read returns zeros, as a device would; a short write
-                // is an error.
-                if op == .write { return -EIO }
-                (buffer + done).initializeMemory(as: UInt8.self, repeating: 0, count: length - done)
-            }
-            return Int32(length)
+            return transfers.add(fd: volume.fd, offset: r.offset, length: r.length, bufferOffset: 0) ? .transfer : .done(-EIO)
         case .flush:
-            return fdatasync(volume.fd) == 0 ? 0 : -errno
+            return .done(fdatasync(volume.fd) == 0 ? 0 : -errno)
         case .discard:
             // Advisory: a device that cannot punch holes keeps the old data, which nobody reads.
-            if swapfair_punch_hole(volume.fd, Int64(offset), Int64(length)) == 0 { return 0 }
-            return errno == EOPNOTSUPP ? 0 : -errno
+            if swapfair_punch_hole(volume.fd, Int64(r.offset), Int64(r.length)) == 0 { return .done(0) }
+            return .done(errno == EOPNOTSUPP ? 0 : -errno)
         case .writeZeroes:
-            return swapfair_punch_hole(volume.fd, Int64(offset), Int64(length)) == 0 ? 0 : -errno
+            return .done(swapfair_punch_hole(volume.fd, Int64(r.offset), Int64(r.length)) == 0 ? 0 : -errno)
         }
     }
 }

@@ -10,20 +10,13 @@ import SystemPackage
 import Glibc
 #endif
 
-/// What a ublk device's blocks are: where its requests are served.
-public protocol UblkTarget: Sendable {
-    var size: UInt64 { get }
-    /// Serves one request on `buffer` (`length` bytes at byte `offset`, within `size`); returns
-    /// the bytes done for reads and writes, 0 for the others, or a negative errno.
-    func serve(_ op: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32
-}
-
-public enum UblkRequestKind: Sendable { case read, write, flush, discard, writeZeroes }
-
 /// One ublk queue: its own thread and io_uring, `depth` preallocated buffers (one per tag), and the
 /// kernel's request descriptors mapped from the character device. Each tag cycles through
-/// FETCH_REQ → (the kernel hands a request) → serve it → COMMIT_AND_FETCH_REQ with the result.
-/// Nothing is allocated per request, so serving swap needs no free memory.
+/// FETCH_REQ → (the kernel hands a request) → the target starts it → its file transfers run on the
+/// same ring → the target finishes it → COMMIT_AND_FETCH_REQ with the result. Up to `depth`
+/// requests are in flight at once, as the kernel's own swap would have them at the disk; a request
+/// whose range overlaps one in flight waits for it. Nothing is allocated per request (buffers,
+/// transfers and the targets' scratch are set aside per tag), so serving swap needs no free memory.
 final class UblkQueue: @unchecked Sendable {
     let cdev: Int32
     let depth: Int
@@ -47,6 +40,34 @@ final class UblkQueue: @unchecked Sendable {
     /// Requests served, and those that failed (read from other threads).
     let served = Atomic<UInt64>(0)
     let failed = Atomic<UInt64>(0)
+
+    /// Each tag's request while it is in flight (the queue's thread alone uses these).
+    struct TagState {
+        var kind = UblkRequestKind.read
+        var offset: UInt64 = 0
+        var length = 0
+        var transfers = 0
+        /// Transfers handed to the ring so far, and those not yet completed.
+        var issued = 0
+        var remaining = 0
+        var error: Int32 = 0
+    }
+    let tags: UnsafeMutablePointer<TagState>
+    /// Room for each tag's transfers (one per page of the largest request) and the target's scratch.
+    let transferRoom: Int
+    let transferSlots: UnsafeMutablePointer<UblkTransfer>
+    let scratchStride: Int
+    let scratch: UnsafeMutableRawPointer
+    var gate: OverlapGate
+    var transfersInFlight = 0
+    /// Started requests with transfers still to hand to the ring, in the order they started.
+    var unissued: [Int]
+    /// The ring's submission entries. The transfers in flight are bounded so that every
+    /// completion, the commands' and the stop pipe's included, fits the completion queue (twice
+    /// the entries): the kernel would otherwise have to allocate room for the overflow.
+    var ringEntries = 0
+    var transferLimit: Int { max(1, 2 * ringEntries - depth - 1) }
+    static let transferFlag: UInt64 = 1 << 62
 
     init(cdev: Int32, depth: Int, bufferSize: Int, target: any UblkTarget, legacy: Bool) throws(UblkError) {
         self.cdev = cdev
@@ -73,6 +94,17 @@ final class UblkQueue: @unchecked Sendable {
             throw .system(SysError("pipe", "ublk queue stop", Errno(rawValue: errno)))
         }
         buffers = b
+        tags = .allocate(capacity: depth)
+        tags.initialize(repeating: TagState(), count: depth)
+        transferRoom = max(1, bufferSize / 4096)
+        transferSlots = .allocate(capacity: depth * transferRoom)
+        transferSlots.initialize(repeating: UblkTransfer(fd: -1, offset: 0, length: 0, bufferOffset: 0), count: depth * transferRoom)
+        scratchStride = (max(target.scratchBytes, 16) + 63) / 64 * 64
+        scratch = .allocate(byteCount: depth * scratchStride, alignment: 64)
+        scratch.initializeMemory(as: UInt8.self, repeating: 0, count: depth * scratchStride)
+        gate = OverlapGate(tags: depth)
+        unissued = []
+        unissued.reserveCapacity(depth)
         stopRead = fds[0]
         stopWrite = fds[1]
     }
@@ -92,6 +124,9 @@ final class UblkQueue: @unchecked Sendable {
         close(stopRead)
         close(stopWrite)
         stopBuffer.deallocate()
+        tags.deallocate()
+        transferSlots.deallocate()
+        scratch.deallocate()
     }
 
     /// Makes the thread leave its loop (and close its ring); `finished` is signalled then.
@@ -101,12 +136,10 @@ final class UblkQueue: @unchecked Sendable {
     }
 
     func start() {
-        let t = Thread { [self] in
+        startThread(named: "ublk-queue") { [self] in
             run()
             finished.signal()
         }
-        t.name = "ublk-queue"
-        t.start()
     }
 
     func opcode(_ nr: UInt32) -> UInt32 {
@@ -123,14 +156,16 @@ final class UblkQueue: @unchecked Sendable {
     }
 
     /// The queue's loop. The kernel takes I/O commands for a queue only from the task that sent its
-    /// first fetch, so the ring is made and used on this thread alone.
+    /// first fetch, so the ring is made and used on this thread alone. Once asked to stop it starts
+    /// nothing new but waits for the file transfers in flight, whose buffers are the queue's.
     func run() {
         let ring: SwapfairIO.IORing
-        do { ring = try SwapfairIO.IORing(entries: UInt32(depth + 1)) } catch {
+        do { ring = try SwapfairIO.IORing(entries: UInt32(max(64, depth * 2))) } catch {
             startError = .system(error)
             fetched.signal()
             return
         }
+        ringEntries = Int(ring.entries)
         ring.prepare(.readWake(fd: stopRead, buffer: stopBuffer, length: 8), userData: Self.stopTag)
         for tag in 0..<depth { _ = queueCommand(ring, UblkCommand.fetchRequest, tag: tag, result: 0) }
         do { try ring.submit() } catch {
@@ -141,44 +176,150 @@ final class UblkQueue: @unchecked Sendable {
         fetched.signal()
         var aborted = 0
         var stop = false
-        while aborted < depth && !stop {
-            do { try ring.submit(wait: 1) } catch { break }
+        while (aborted < depth && !stop) || transfersInFlight > 0 {
+            // Wait for a completion, unless transfers wait that only a full submission queue held
+            // back: the commits just made may bring no completion until those transfers do.
+            let wait: UInt32 = unissued.isEmpty || transfersInFlight >= transferLimit ? 1 : 0
+            do {
+                try ring.submit(wait: wait)
+            } catch let e where e.errno == .resourceBusy || e.errno == .resourceTemporarilyUnavailable {
+                // The kernel is short of room for completions or requests: take completions, then
+                // submit again.
+            } catch { break }
             ring.drainCompletions { data, res in
                 if data == Self.stopTag {
                     stop = true
-                    return
-                }
-                let tag = Int(data)
-                guard res == UBLK_IO_RES_OK else {
+                } else if data & Self.transferFlag != 0 {
+                    transferDone(ring, tag: Int(data & 0xffff), index: Int((data >> 16) & 0xffff), result: res)
+                } else if res != UBLK_IO_RES_OK {
                     // UBLK_IO_RES_ABORT: the device is stopping; this tag is done.
                     aborted += 1
-                    return
+                } else if !stop {
+                    arrived(ring, tag: Int(data))
                 }
-                let result = serve(tag: tag)
-                if result < 0 { failed.add(1, ordering: .relaxed) }
-                served.add(1, ordering: .relaxed)
-                _ = queueCommand(ring, UblkCommand.commitAndFetchRequest, tag: tag, result: result)
             }
+            while let tag = unissued.first, issue(ring, tag: tag) { unissued.removeFirst() }
+            while !stop, unissued.isEmpty, let tag = gate.nextReady() { begin(ring, tag: tag) }
         }
+        // The commits of the last transfers.
+        _ = try? ring.submit()
     }
 
-    /// Reads the tag's descriptor and serves it. Requests beyond the device or larger than a
-    /// buffer (which the kernel should never send) are refused with EIO rather than served.
-    func serve(tag: Int) -> Int32 {
+    /// A request came for `tag`: refused, started, or kept until the requests it overlaps are done.
+    func arrived(_ ring: SwapfairIO.IORing, tag: Int) {
         let d = descriptors.load(fromByteOffset: tag * MemoryLayout<ublksrv_io_desc>.size, as: ublksrv_io_desc.self)
         let offset = d.start_sector << 9, length = Int(d.nr_sectors) << 9
-        guard let op = UblkOperation(rawValue: UInt8(d.op_flags & 0xff)) else { return -EOPNOTSUPP }
+        guard let op = UblkOperation(rawValue: UInt8(d.op_flags & 0xff)) else { return commit(ring, tag: tag, result: -EOPNOTSUPP) }
         let kind: UblkRequestKind
         switch op {
         case .read: kind = .read
         case .write: kind = .write
-        case .flush: return target.serve(.flush, offset: 0, length: 0, buffer: buffers + tag * bufferSize)
+        case .flush: kind = .flush
         case .discard: kind = .discard
         case .writeZeroes: kind = .writeZeroes
-        case .writeSame: return -EOPNOTSUPP
+        case .writeSame: return commit(ring, tag: tag, result: -EOPNOTSUPP)
         }
-        guard offset <= target.size, UInt64(length) <= target.size - offset else { return -EIO }
-        if kind == .read || kind == .write { guard length <= bufferSize else { return -EIO } }
-        return target.serve(kind, offset: offset, length: length, buffer: buffers + tag * bufferSize)
+        // Requests beyond the device or larger than a buffer (which the kernel should never send)
+        // are refused with EIO rather than served.
+        if kind != .flush {
+            guard offset <= target.size, UInt64(length) <= target.size - offset else { return commit(ring, tag: tag, result: -EIO) }
+            if kind == .read || kind == .write { guard length <= bufferSize else { return commit(ring, tag: tag, result: -EIO) } }
+        }
+        tags[tag].kind = kind
+        tags[tag].offset = kind == .flush ? 0 : offset
+        tags[tag].length = kind == .flush ? 0 : length
+        if gate.arrive(tag: tag, offset: tags[tag].offset, length: tags[tag].length) { begin(ring, tag: tag) }
+    }
+
+    func request(_ tag: Int) -> UblkRequest {
+        let t = tags[tag]
+        return UblkRequest(kind: t.kind, offset: t.offset, length: t.length, buffer: buffers + tag * bufferSize,
+                           scratch: scratch + tag * scratchStride)
+    }
+
+    func begin(_ ring: SwapfairIO.IORing, tag: Int) {
+        let r = request(tag)
+        var transfers = UblkTransfers(base: transferSlots + tag * transferRoom, capacity: transferRoom)
+        switch target.start(r, transfers: &transfers) {
+        case .done(let result):
+            end(ring, tag: tag, result: result)
+        case .transfer where transfers.count == 0:
+            end(ring, tag: tag, result: target.finish(r, result: Int32(r.length)))
+        case .transfer where target.transfersInline:
+            end(ring, tag: tag, result: target.finish(r, result: transfers.runNow(r)))
+        case .transfer:
+            tags[tag].transfers = transfers.count
+            tags[tag].issued = 0
+            tags[tag].remaining = transfers.count
+            tags[tag].error = 0
+            if !unissued.isEmpty || !issue(ring, tag: tag) { unissued.append(tag) }
+        }
+    }
+
+    /// Hands `tag`'s transfers to the ring while there is room; true once all of them are.
+    func issue(_ ring: SwapfairIO.IORing, tag: Int) -> Bool {
+        while tags[tag].issued < tags[tag].transfers {
+            guard transfersInFlight < transferLimit, submitTransfer(ring, tag: tag, index: tags[tag].issued) else { return false }
+            tags[tag].issued += 1
+        }
+        return true
+    }
+
+    func submitTransfer(_ ring: SwapfairIO.IORing, tag: Int, index: Int) -> Bool {
+        let t = transferSlots[tag * transferRoom + index]
+        let buffer = buffers + tag * bufferSize + t.bufferOffset
+        let op: SwapfairIO.IORing.Operation = tags[tag].kind == .write
+            ? .write(fd: t.fd, buffer: buffer, length: UInt32(t.length), offset: t.offset, dsync: false)
+            : .read(fd: t.fd, buffer: buffer, length: UInt32(t.length), offset: t.offset)
+        let data = Self.transferFlag | UInt64(index) << 16 | UInt64(tag)
+        if !ring.prepare(op, userData: data) {
+            // The submission queue is full: hand it to the kernel and take a fresh entry.
+            _ = try? ring.submit()
+            guard ring.prepare(op, userData: data) else { return false }
+        }
+        transfersInFlight += 1
+        return true
+    }
+
+    func transferDone(_ ring: SwapfairIO.IORing, tag: Int, index: Int, result: Int32) {
+        transfersInFlight -= 1
+        let slot = tag * transferRoom + index
+        var res = Int(result)
+        if res > 0 && res < transferSlots[slot].length {
+            // A short transfer that is not the end of the file: the rest goes again.
+            transferSlots[slot].offset += UInt64(res)
+            transferSlots[slot].bufferOffset += res
+            transferSlots[slot].length -= res
+            if submitTransfer(ring, tag: tag, index: index) { return }
+            res = UblkTransfers.transferNow(transferSlots[slot], write: tags[tag].kind == .write, buffer: buffers + tag * bufferSize)
+        }
+        if res == -Int(EAGAIN) || res == -Int(ENOMEM) || res == -Int(ECANCELED) || res == -Int(EINTR) {
+            // The kernel could not run it (no worker, no memory): done here, synchronously.
+            res = UblkTransfers.transferNow(transferSlots[slot], write: tags[tag].kind == .write, buffer: buffers + tag * bufferSize)
+        }
+        if let e = UblkTransfers.outcome(of: transferSlots[slot], kind: tags[tag].kind, result: res, buffer: buffers + tag * bufferSize),
+           tags[tag].error == 0 {
+            tags[tag].error = e
+        }
+        tags[tag].remaining -= 1
+        guard tags[tag].remaining == 0 else { return }
+        let r = request(tag)
+        end(ring, tag: tag, result: target.finish(r, result: tags[tag].error != 0 ? tags[tag].error : Int32(r.length)))
+    }
+
+    func end(_ ring: SwapfairIO.IORing, tag: Int, result: Int32) {
+        gate.done(tag: tag)
+        commit(ring, tag: tag, result: result)
+    }
+
+    func commit(_ ring: SwapfairIO.IORing, tag: Int, result: Int32) {
+        if result < 0 { failed.add(1, ordering: .relaxed) }
+        served.add(1, ordering: .relaxed)
+        // A full submission queue is handed to the kernel first; a lost commit would leave the
+        // request hanging, so this tries hard.
+        for _ in 0..<100 {
+            if queueCommand(ring, UblkCommand.commitAndFetchRequest, tag: tag, result: result) { return }
+            _ = try? ring.submit()
+        }
     }
 }

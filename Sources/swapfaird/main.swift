@@ -130,9 +130,7 @@ struct Swapfaird: ParsableCommand {
             server = nil
         }
         if let server {
-            let thread = Thread { server.serve() }
-            thread.name = "control-socket"
-            thread.start()
+            startThread(named: "control-socket") { server.serve() }
         }
         // systemd: READY once the VMs are placed and the first plan is applied; STATUS and a
         // watchdog ping from every tick, so a loop that stops making progress gets restarted.
@@ -162,7 +160,7 @@ struct Swapfaird: ParsableCommand {
         logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(devices.servers.count)"])
         let board = StatusBoard()
         let server = try? ControlServer(path: c.host.socket, board: board, allowedGroup: nil, logger: logger)
-        if let server { Thread { server.serve() }.start() }
+        if let server { startThread(named: "control-socket") { server.serve() } }
         let daemon = Daemon()
         let signals = daemon.handleSignals(logger: logger)
         let started = monotonicSeconds()

@@ -48,7 +48,77 @@ def vmstat():
     return out
 
 
-def run_guest(name, disk, truth=None, paused=None, extra=()):
+class CPUWatch:
+    """Where a run's CPU time goes: the guest pager's, swapfaird's (by thread name) and the whole
+    lab's by kind, from /proc. Threads are sampled once a second and kept at their last reading,
+    so a process that has exited (or been SIGKILLed) still counts what it used."""
+    HZ = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self):
+        import threading
+        self.pids, self.seen, self.stop = {}, {}, threading.Event()
+        self.before = self._stat()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def watch(self, pid, label):
+        self.pids[pid] = label
+
+    @staticmethod
+    def _stat():
+        with open("/proc/stat") as fh:
+            f = fh.readline().split()[1:]
+        return [int(x) for x in f]
+
+    def _sample(self):
+        for pid, label in list(self.pids.items()):
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    raw = open(f"/proc/{pid}/task/{tid}/stat").read()
+                except OSError:
+                    continue
+                comm = raw[raw.index("(") + 1:raw.rindex(")")]
+                rest = raw[raw.rindex(")") + 2:].split()
+                self.seen[(pid, tid)] = (label, comm, int(rest[11]), int(rest[12]))
+
+    def _run(self):
+        while not self.stop.wait(1.0):
+            self._sample()
+
+    def finish(self, seconds):
+        """{"pager": (user, system), "swapfaird": (user, system), "threads": {comm: (user, system)},
+        "lab": {kind: s}, "seconds": wall}, in CPU seconds."""
+        self._sample()
+        self.stop.set()
+        after = self._stat()
+        kinds = ["user", "nice", "system", "idle", "iowait", "irq", "softirq"]
+        lab = {k: (after[i] - self.before[i]) / self.HZ for i, k in enumerate(kinds)}
+        out = {"seconds": seconds, "lab": lab, "threads": {}}
+        add = lambda a, u, s: (a[0] + u / self.HZ, a[1] + s / self.HZ)
+        for label, comm, user, system in self.seen.values():
+            out[label] = add(out.get(label, (0.0, 0.0)), user, system)
+            if label == "swapfaird":
+                out["threads"][comm] = add(out["threads"].get(comm, (0.0, 0.0)), user, system)
+        return out
+
+
+def cpu_line(name, cpu):
+    """One line: the run's CPU seconds by who used them."""
+    lab = cpu["lab"]
+    busy = sum(v for k, v in lab.items() if k != "idle" and k != "iowait")
+    us = lambda v: f"{v[0] + v[1]:.1f} s ({v[0]:.1f} user)"
+    threads = ", ".join(f"{k} {us(v)}" for k, v in sorted(cpu["threads"].items(), key=lambda kv: -sum(kv[1]))[:6])
+    return (f"{name}: CPU over {cpu['seconds']:.0f} s: lab busy {busy:.1f} s (user {lab['user']:.1f}, system "
+            f"{lab['system']:.1f}, softirq {lab['softirq']:.1f}; idle {lab['idle']:.1f}, iowait {lab['iowait']:.1f}); "
+            f"guest pager {us(cpu.get('pager', (0, 0)))}"
+            + (f"; swapfaird {us(cpu['swapfaird'])}: {threads}" if "swapfaird" in cpu else ""))
+
+
+def run_guest(name, disk, truth=None, paused=None, extra=(), cpu=None):
     """One run of the guest pager in its own group, with the host's limit below its RAM.
     `paused`: called once the pager has finished its run and let go of its disk, before it
     verifies every page (the pager waits until /tmp/dp-resume exists)."""
@@ -74,6 +144,8 @@ def run_guest(name, disk, truth=None, paused=None, extra=()):
     before = vmstat()
     t0 = time.monotonic()
     proc = subprocess.Popen(args, preexec_fn=place, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cpu = cpu or CPUWatch()
+    cpu.watch(proc.pid, "pager")
     after = None
     if paused:
         deadline = time.monotonic() + SECONDS + 300
@@ -83,6 +155,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=()):
             time.sleep(0.2)
         secs = time.monotonic() - t0
         after = vmstat()
+        usage = cpu.finish(secs)
         if proc.poll() is None:
             paused()
         open(resume, "w").close()
@@ -95,6 +168,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=()):
     if after is None:
         secs = time.monotonic() - t0
         after = vmstat()
+        usage = cpu.finish(secs)
     lines = [json.loads(l) for l in open(out) if l.strip()]
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, f"dp-{name}.jsonl"), "w") as fh:
@@ -105,7 +179,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=()):
     cg_kill_and_remove("lab.slice")
     if p.returncode != 0:
         log(f"{name}: exit status {p.returncode}: {p.stderr.decode(errors='replace')[-500:]}")
-    return {"label": name, "lines": lines, "rc": p.returncode, "seconds": secs, "summary": summary, "verify": verify, "events": " ".join(events),
+    return {"label": name, "lines": lines, "rc": p.returncode, "seconds": secs, "cpu": usage, "summary": summary, "verify": verify, "events": " ".join(events),
             "host_in": (after["pswpin"] - before["pswpin"]) * 4096, "host_out": (after["pswpout"] - before["pswpout"]) * 4096}
 
 
@@ -240,8 +314,10 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         restart.update({"host_in_swap": inswap, "taken_over": logged or in_use, "logged": logged,
                         "rebuilt": rebuilt[0] if rebuilt else "", "reattached": subprocess.run(nbd, capture_output=True).returncode == 0})
 
+    cpu = CPUWatch()
+    cpu.watch(d.pid, "swapfaird")
     r = run_guest(name, "/dev/nbd1", truth=truth_path, paused=crash if elision else None,
-                  extra=["--balloon", BALLOON] if shifting else [])
+                  extra=["--balloon", BALLOON] if shifting else [], cpu=cpu)
     if not elision:
         status = read_status()
     r["served_write"] = status.get("write_bytes", 0)
@@ -320,6 +396,8 @@ def main():
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "
         "as references to the host's blocks instead)")
+    for name, r in results.items():
+        log(cpu_line(name, r["cpu"]))
     for name, r in results.items():
         v = r["verify"]
         c.check(r["rc"] == 0 and v.get("bad") == 0 and r["summary"].get("corrupt") == 0,

@@ -46,6 +46,15 @@ func productsDirectory() -> String {
     return URL(fileURLWithPath: bundle).deletingLastPathComponent().path
 }
 
+/// Creates (or empties) a file, or throws naming it.
+func makeFile(_ path: String, _ contents: Data? = nil) throws {
+    struct CannotCreate: Error, CustomStringConvertible {
+        let path: String
+        var description: String { "cannot create \(path)" }
+    }
+    guard FileManager.default.createFile(atPath: path, contents: contents) else { throw CannotCreate(path: path) }
+}
+
 struct Run {
     var status: Int32
     var output: String
@@ -55,7 +64,7 @@ struct Run {
 /// chatty process cannot block on a full pipe.
 func run(_ path: String, _ args: [String], timeout: Double = 30) throws -> Run {
     let out = "/tmp/swapfair-run-\(UUID().uuidString.prefix(8)).log"
-    FileManager.default.createFile(atPath: out, contents: nil)
+    try makeFile(out)
     defer { unlink(out) }
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
     let p = Process()

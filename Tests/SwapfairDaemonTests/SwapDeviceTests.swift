@@ -29,7 +29,7 @@ final class SwapDaemon {
     func uri(_ name: String) -> String { "nbd+unix:///\(name)?socket=\(socket(name))" }
 
     func start() throws {
-        FileManager.default.createFile(atPath: log, contents: nil)
+        try makeFile(log)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         try h.seekToEnd()
         let p = Process()
@@ -146,7 +146,7 @@ func tool(_ name: String) throws -> String {
         p.executableURL = URL(fileURLWithPath: try tool("qemu-io"))
         p.arguments = ["--image-opts", opts] + cmds
         let out = d.dir + "/qemu-io.log"
-        FileManager.default.createFile(atPath: out, contents: nil)
+        try makeFile(out)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
         p.standardOutput = h
         p.standardError = h

@@ -13,6 +13,10 @@ int swapfair_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid
 /// must not make its allocations wait on that I/O. Returns 0, or -1 with errno set.
 int swapfair_set_io_flusher(void);
 
+/// prctl(PR_SET_NAME): names the calling thread (the kernel keeps 15 bytes). Returns 0, or -1
+/// with errno set.
+int swapfair_set_thread_name(const char *name);
+
 /// O_DIRECT, which differs by architecture and is hidden from Swift's Glibc module.
 int swapfair_o_direct(void);
 
