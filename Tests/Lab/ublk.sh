@@ -96,14 +96,17 @@ inswap=$(awk -v d="$dev" '$1 == d {print int($4 / 1024)}' /proc/swaps)
 kill -9 $daemon; wait $daemon 2>/dev/null
 # Restarted at once, as systemd's Restart= would: the kernel may not have seen the death yet.
 sleep "${UBLK_RESTART_DELAY:-0}"
-"$BIN/swapfaird" --config "$OUT/swapfair.toml" --socket /run/swapfair/ublk.sock --swap-only >> "$OUT/daemon.log" 2>&1 &
+# A log of its own: lines a restarted daemon appended to the first one's log on the lab's 9p
+# share went missing now and then, always its first ones, the take-over line among them.
+log="$OUT/daemon.after-restart.log"
+"$BIN/swapfaird" --config "$OUT/swapfair.toml" --socket /run/swapfair/ublk.sock --swap-only > "$log" 2>&1 &
 daemon=$!
 # If nothing takes the device over, the stand-in waits on its held I/O forever: say so and stop here
 # rather than hang the lab.
 t0=$(date +%s)
-while ! grep -q "taken over from the previous daemon" "$OUT/daemon.log"; do
+while ! grep -q "taken over from the previous daemon" "$log"; do
     if ! kill -0 $daemon 2>/dev/null || [ $(($(date +%s) - t0)) -gt 90 ]; then
-        ko "the restarted swapfaird did not take $dev over; the stand-in's swap I/O stays held: $(tail -3 "$OUT/daemon.log")"
+        ko "the restarted swapfaird did not take $dev over; the stand-in's swap I/O stays held: $(tail -3 "$log")"
         cat /sys/block/$(basename "$dev")/inflight 2>/dev/null | sed 's/^/inflight: /'
         blocked
         finish
@@ -114,9 +117,9 @@ echo "take-over $(($(date +%s) - t0)) s after the restart"
 t=0
 while kill -0 $standin 2>/dev/null && [ $t -lt 3000 ]; do sleep 0.2; t=$((t + 1)); done
 if kill -0 $standin 2>/dev/null; then blocked; rc=124; else wait $standin; rc=$?; fi
-echo "SIGKILL with ${inswap:-0} MiB on $dev; $(grep -c 'taken over' "$OUT/daemon.log") take-over(s) logged"
-grep -q "taken over from the previous daemon" "$OUT/daemon.log" && ok "the restarted swapfaird took $dev over" \
-    || ko "no take-over: $(tail -3 "$OUT/daemon.log")"
+echo "SIGKILL with ${inswap:-0} MiB on $dev; $(grep -c 'taken over' "$log") take-over(s) logged"
+grep -q "taken over from the previous daemon" "$log" && ok "the restarted swapfaird took $dev over" \
+    || ko "no take-over: $(tail -3 "$log")"
 [ "$rc" = 0 ] && ok "the stand-in swapping through $dev across SIGKILL and restart read every page back intact" \
     || ko "the stand-in failed across the restart (rc=$rc): $(tail -2 $OUT/kill-standin.jsonl)"
 grep -q "^$dev" /proc/swaps && ok "$dev is still in use as swap after the restart" || ko "$dev is no longer swap"
@@ -148,13 +151,13 @@ else
     # The OOM killer may take the stand-in; what must not happen is a hang.
     ok "near OOM: no deadlock; the stand-in ended with status $rc after $((t1 - t0)) s ($(dmesg | grep -c 'Out of memory') OOM kills)"
 fi
-kill -0 $daemon 2>/dev/null && ok "swapfaird is alive after the near-OOM run" || ko "swapfaird died: $(tail -3 "$OUT/daemon.log")"
+kill -0 $daemon 2>/dev/null && ok "swapfaird is alive after the near-OOM run" || ko "swapfaird died: $(tail -3 "$log")"
 
 # SIGTERM: the daemon takes its device out of use before it stops it.
 kill $daemon; wait $daemon 2>/dev/null
-if grep -q "swapoff" "$OUT/daemon.log" && ! grep -q "^$dev" /proc/swaps && [ ! -b "$dev" ]; then
+if grep -q "swapoff" "$log" && ! grep -q "^$dev" /proc/swaps && [ ! -b "$dev" ]; then
     ok "on SIGTERM swapfaird swapped $dev off and removed it"
 else
-    ko "after SIGTERM: $(grep "^$dev" /proc/swaps) $(ls -l "$dev" 2>&1) $(tail -2 "$OUT/daemon.log")"
+    ko "after SIGTERM: $(grep "^$dev" /proc/swaps) $(ls -l "$dev" 2>&1) $(tail -2 "$log")"
 fi
 finish
