@@ -65,7 +65,7 @@ final class UblkQueue: @unchecked Sendable {
     /// The ring's submission entries. The transfers in flight are bounded so that every
     /// completion, the commands' and the stop pipe's included, fits the completion queue (twice
     /// the entries): the kernel would otherwise have to allocate room for the overflow.
-    var ringEntries = 0
+    var ringEntries: Int { max(64, depth * 2) }
     var transferLimit: Int { max(1, 2 * ringEntries - depth - 1) }
     static let transferFlag: UInt64 = 1 << 62
 
@@ -160,12 +160,11 @@ final class UblkQueue: @unchecked Sendable {
     /// nothing new but waits for the file transfers in flight, whose buffers are the queue's.
     func run() {
         let ring: SwapfairIO.IORing
-        do { ring = try SwapfairIO.IORing(entries: UInt32(max(64, depth * 2))) } catch {
+        do { ring = try SwapfairIO.IORing(entries: UInt32(ringEntries)) } catch {
             startError = .system(error)
             fetched.signal()
             return
         }
-        ringEntries = Int(ring.entries)
         ring.prepare(.readWake(fd: stopRead, buffer: stopBuffer, length: 8), userData: Self.stopTag)
         for tag in 0..<depth { _ = queueCommand(ring, UblkCommand.fetchRequest, tag: tag, result: 0) }
         do { try ring.submit() } catch {
@@ -219,12 +218,7 @@ final class UblkQueue: @unchecked Sendable {
         case .writeZeroes: kind = .writeZeroes
         case .writeSame: return commit(ring, tag: tag, result: -EOPNOTSUPP)
         }
-        // Requests beyond the device or larger than a buffer (which the kernel should never send)
-        // are refused with EIO rather than served.
-        if kind != .flush {
-            guard offset <= target.size, UInt64(length) <= target.size - offset else { return commit(ring, tag: tag, result: -EIO) }
-            if kind == .read || kind == .write { guard length <= bufferSize else { return commit(ring, tag: tag, result: -EIO) } }
-        }
+        if target.refuses(kind, offset: offset, length: length, bufferSize: bufferSize) { return commit(ring, tag: tag, result: -EIO) }
         tags[tag].kind = kind
         tags[tag].offset = kind == .flush ? 0 : offset
         tags[tag].length = kind == .flush ? 0 : length

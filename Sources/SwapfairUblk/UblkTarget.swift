@@ -107,9 +107,16 @@ extension UblkTarget {
 
     /// Serves one request at once on the calling thread, with blocking `pread`/`pwrite`: what the
     /// queue does, one request at a time (for tests and tools).
+    /// Whether the queue refuses a request before the target sees it: one beyond the device, or a
+    /// read or write larger than a buffer (which the kernel should never send; EIO, not served).
+    func refuses(_ kind: UblkRequestKind, offset: UInt64, length: Int, bufferSize: Int) -> Bool {
+        guard kind != .flush else { return false }
+        guard offset <= size, UInt64(length) <= size - offset else { return true }
+        return (kind == .read || kind == .write) && length > bufferSize
+    }
+
     public func serve(_ kind: UblkRequestKind, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) -> Int32 {
-        // The queue's own checks.
-        if kind != .flush { guard offset <= size, UInt64(length) <= size - offset else { return -EIO } }
+        if refuses(kind, offset: offset, length: length, bufferSize: max(length, 4096)) { return -EIO }
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(scratchBytes, 16), alignment: 16)
         let room = max(1, length / 4096)
         let slots = UnsafeMutablePointer<UblkTransfer>.allocate(capacity: room)
