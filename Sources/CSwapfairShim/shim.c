@@ -5,6 +5,9 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/swap.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
 #include <sys/vfs.h>
 
 #ifndef PR_SET_IO_FLUSHER
@@ -42,4 +45,24 @@ int swapfair_punch_hole(int fd, int64_t offset, int64_t length) {
 
 int swapfair_swapoff(const char *path) {
     return swapoff(path);
+}
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_process_madvise
+#define SYS_process_madvise 440
+#endif
+
+int swapfair_pidfd_open(int32_t pid) { return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0); }
+
+int64_t swapfair_process_madvise(int pidfd, const uint64_t *ranges, int count, int advice) {
+    // The kernel takes at most UIO_MAXIOV (1024) ranges a call.
+    struct iovec iov[1024];
+    if (count < 0 || count > 1024) { errno = EINVAL; return -1; }
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_base = (void *)(uintptr_t)ranges[2 * i];
+        iov[i].iov_len = (size_t)ranges[2 * i + 1];
+    }
+    return (int64_t)syscall(SYS_process_madvise, pidfd, iov, (size_t)count, advice, 0u);
 }

@@ -138,6 +138,9 @@ public struct HostConfig: Sendable, Equatable {
     /// How long after the host read a page back from its swap a guest swap-out of the same content
     /// still counts as double paging, in seconds (write elision matches whatever its ring holds).
     public var doublePagingWindow: Double = 10
+    /// Swap-in prefetch: the most of a VM's swapped memory read back ahead of its faults per
+    /// second, when it stalls below its limit (a VM waking to a working set in swap); 0 for none.
+    public var swapPrefetch: UInt64 = 64 << 20
 
     public init() {}
 }
@@ -189,11 +192,13 @@ public struct SwapfairConfiguration: Sendable, Equatable {
         let (memory, swap) = budgets(facts)
         var feedback = FeedbackParameters()
         feedback.target = host.pressureTarget
-        return HostPolicy(memoryBudget: memory, swapBudget: swap, idleTax: host.idleTax,
-                          minimumSize: host.minimumSize.resolve(against: memory),
-                          swapHeadroom: host.swapHeadroom.resolve(against: swap), feedback: feedback,
-                          activity: ActivityEstimator(slowTimeConstant: host.activitySlow,
-                                                      fastTimeConstant: host.activityFast))
+        var policy = HostPolicy(memoryBudget: memory, swapBudget: swap, idleTax: host.idleTax,
+                                minimumSize: host.minimumSize.resolve(against: memory),
+                                swapHeadroom: host.swapHeadroom.resolve(against: swap), feedback: feedback,
+                                activity: ActivityEstimator(slowTimeConstant: host.activitySlow,
+                                                            fastTimeConstant: host.activityFast))
+        policy.prefetchRate = host.swapPrefetch
+        return policy
     }
 
     /// The policy's view of one VM. Percentages of a VM's sizes are of the host's budgets.

@@ -10,7 +10,7 @@ public enum ConfigLoader {
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
                             "activity_period", "activity_slow", "activity_fast", "state_dir", "backend",
                             "nbd_dir", "swap_queue_depth", "host_swap_size", "host_swap_device", "write_elision", "elision_spare",
-                            "shared_map_dir", "reclaim_shift_max", "double_paging_window"]
+                            "shared_map_dir", "reclaim_shift_max", "double_paging_window", "swap_prefetch"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit", "swap_device", "balloon_qmp", "guest_memory"]
     static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups"]
@@ -151,6 +151,12 @@ struct Validator {
                 if let d = duration(e, key) {
                     if d < 0.01 || d > 60 { problem(e.line, key, "must be between 10ms and 60s, got \(d)s") }
                     else { h.doublePagingWindow = d }
+                }
+            case "swap_prefetch":
+                // A rate: how much swapped memory a second may be read back ahead of faults.
+                if let s = size(e, key) {
+                    if case .percent = s { problem(e.line, key, "must be a size per second such as \"128M\" (or 0 for none), not a percentage") }
+                    else { h.swapPrefetch = s.resolve(against: 0) }
                 }
             case "host_swap_size":
                 if let s = size(e, key) {

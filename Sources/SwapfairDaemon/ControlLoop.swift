@@ -66,6 +66,8 @@ public final class ControlLoop {
     let shifter: ReclaimShift
     /// How long a balloon that accepted a target counts as moving towards it (see `shiftReclaim`).
     var balloonGrace = 15.0
+    /// Swap-in prefetch (nil when `swap_prefetch` is 0).
+    let prefetcher: SwapPrefetcher?
 
     public init(configuration: SwapfairConfiguration, facts: HostFacts, root: CgroupRoot, logger: Logger,
                 writer: KnobWriter = KnobWriter(), board: StatusBoard = StatusBoard(), proc: String = "/proc",
@@ -83,6 +85,7 @@ public final class ControlLoop {
         var shifting = ReclaimShift.Parameters()
         shifting.maxFraction = configuration.host.reclaimShiftMax
         self.shifter = ReclaimShift(shifting)
+        self.prefetcher = configuration.host.swapPrefetch > 0 ? SwapPrefetcher(proc: proc, logger: logger) : nil
         self.vms = configuration.vms.map { TrackedVM(config: $0, entitlement: configuration.entitlement($0, facts)) }
         for i in vms.indices {
             guard let qmp = vms[i].config.balloonQMP else { continue }
@@ -151,6 +154,7 @@ public final class ControlLoop {
     /// Clean stop: balloons give their guests all their RAM back (the raised limits stay, so the
     /// guests grow back into them); a crash leaves both, and the restarted daemon resumes.
     public func finish() {
+        prefetcher?.stop()
         for i in vms.indices {
             // A record exists exactly while the shift is above 0 (loaded at start, kept in step).
             guard let b = vms[i].balloon, (vms[i].shift?.shift ?? 0) > 0 else { continue }
@@ -483,6 +487,11 @@ public final class ControlLoop {
         guard let g = vms[i].group else { return }
         vms[i].state = plan.state
         vms[i].plan = plan
+        write(i, g, plan)
+        if vms[i].group != nil { prefetch(i, g, plan) }
+    }
+
+    func write(_ i: Int, _ g: Cgroup, _ plan: VMPlan) {
         let name = vms[i].config.name
         var wanted: [(Knob, LimitValue)] = [
             (.memoryLow, .bytes(plan.memoryLow)),
@@ -521,6 +530,14 @@ public final class ControlLoop {
             logger.error("cannot set \(changes.map(\.knob.rawValue).joined(separator: ", "))",
                          metadata: ["vm": "\(name)", "error": "\(error)"])
         }
+    }
+
+    /// Swap-in prefetch once the limit it was planned under is in force (a read-back above the
+    /// limit in force would only be reclaimed again).
+    func prefetch(_ i: Int, _ g: Cgroup, _ plan: VMPlan) {
+        guard plan.prefetch > 0, let p = prefetcher, vms[i].inFlight.isEmpty,
+              let high = vms[i].applied[.memoryHigh]?.bytes, high >= plan.memoryHigh else { return }
+        p.request(vm: vms[i].config.name, group: g, bytes: plan.prefetch)
     }
 
     /// Takes in the outcome of a slow write that has finished since: confirmed values become
@@ -597,7 +614,8 @@ public final class ControlLoop {
                     let k = b.state
                     return StatusReport.ReclaimShift(qmp: b.path, guestMemory: k.guestMemory, balloonActual: k.actual,
                                                      shift: vm.shift?.shift ?? 0, raised: p?.reclaimShift ?? 0, error: k.error)
-                })
+                },
+                prefetched: prefetcher?.prefetched(vm.config.name))
         }
         return StatusReport(daemon: daemon, vms: rows, hostSwap: swapDevices?.hostReport())
     }

@@ -45,6 +45,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var swapDevice: SwapDevice?
         /// For a VM with a balloon (`balloon_qmp`).
         public var reclaimShift: ReclaimShift?
+        /// Swapped memory read back ahead of its faults so far (swap-in prefetch).
+        public var prefetched: UInt64? = nil
     }
 
     /// Reclaim shifting of one VM: what its balloon was asked to take and what it took.

@@ -24,6 +24,10 @@ public enum StatusTable {
             ])
         }
         out += table(header, rows)
+        let prefetched = r.vms.compactMap { vm in vm.prefetched.flatMap { $0 > 0 ? "\(vm.name) \(Format.bytes($0))" : nil } }
+        if !prefetched.isEmpty {
+            out += "swap-in prefetch (read back ahead of faults after waking): " + prefetched.joined(separator: ", ") + "\n"
+        }
         let devices = r.vms.compactMap { vm in vm.swapDevice.map { (vm.name, $0) } }
         if !devices.isEmpty {
             out += "\nswap devices\n"

@@ -16,6 +16,12 @@ public struct HostPolicy: Sendable, Equatable {
     /// Largest cut of a VM's `memory.high` per tick, as a fraction of it, while the host is within
     /// its budget (see `Planner`, step 4).
     public var highStepDown: Double = 0.06
+    /// Most swapped memory read back ahead of its faults per second for a VM that stalls below its
+    /// limit (see `Planner`, step 6); 0 turns swap-in prefetch off.
+    public var prefetchRate: UInt64 = 64 << 20
+    /// For how long after waking a VM still stalling below its limit may have its swap read back
+    /// ahead of its faults, in seconds.
+    public var prefetchWindow: Double = 10
     public var feedback: FeedbackParameters
     public var activity: ActivityEstimator
 
@@ -104,6 +110,13 @@ public struct VMControlState: Sendable, Equatable, Codable {
     public var heldMark: Double
     /// Consecutive ticks, up to now, that it stalled above the target or refaulted above the threshold.
     public var pressuredTicks: Int
+    /// When (monotonic seconds) the VM woke: it became bound by memory after being idle. Kept
+    /// for `HostPolicy.prefetchWindow`; swap-in prefetch is for a waking VM only.
+    public var wokeAt: Double? = nil
+    /// Prefetch asked for and not yet seen as growth of `memory.current` (reads still in flight).
+    public var prefetchPending: UInt64 = 0
+    /// `memory.current` at this tick, to see how much of the pending prefetch has arrived.
+    public var memoryCurrent: UInt64 = 0
 
     public init(feedback: PressureFeedback.State, activity: ActivityEstimator.State, time: Double,
                 pressureSomeTotal: UInt64, refaultedTotal: UInt64, heldMark: Double = 0, pressuredTicks: Int = 0) {
@@ -159,6 +172,8 @@ public struct VMPlan: Sendable, Equatable {
     public var memoryHigh: UInt64
     /// How much of `memoryHigh` is the raise for reclaim shifting.
     public var reclaimShift: UInt64 = 0
+    /// Swapped memory to read back ahead of the VM's faults this tick (0: none).
+    public var prefetch: UInt64 = 0
     public var memoryLow: UInt64
     public var memoryMax: UInt64?
     public var swapMax: UInt64
@@ -184,6 +199,10 @@ public struct VMPlan: Sendable, Equatable {
 ///    A VM under reclaim shifting has its limit raised by what its balloon took (see `ReclaimShift`).
 /// 5. Swap: the swap budget is divided by swap weight, each VM's share capped at what it uses plus
 ///    headroom (the rest is lent), never below what it already uses.
+/// 6. Prefetch: a VM that woke from idle to a working set in swap is faulting its memory back one
+///    page at a time. Up to what it held before, what it may hold and has in swap is read back
+///    ahead of the faults, many pages in flight at once, up to `prefetchRate` a second, into
+///    memory free under the budget only.
 public struct Planner: Sendable {
     public var host: HostPolicy
 
@@ -238,9 +257,16 @@ public struct Planner: Sendable {
                                                floor: floor, ceiling: ceiling, activeFraction: fraction,
                                                refaultRate: refaultRate)
             let held = max(Double(o.memoryCurrent), (previous?.heldMark ?? 0) * (1 - host.heldMarkDecay))
-            let state = VMControlState(feedback: fb, activity: activity, time: o.time,
+            var state = VMControlState(feedback: fb, activity: activity, time: o.time,
                                        pressureSomeTotal: o.pressureSomeTotal, refaultedTotal: o.refaultedTotal,
                                        heldMark: held, pressuredTicks: pressuredTicks)
+            // Waking: bound by memory now, idle by the fast average before (a VM thrashing all
+            // along is not waking: reading its swap ahead would only add I/O to its own faults).
+            let wasIdle = previous.map { $0.activity.fast < 0.5 } ?? false
+            state.wokeAt = previous?.wokeAt.flatMap { o.time - $0 <= host.prefetchWindow ? $0 : nil }
+                ?? (memoryBound && wasIdle ? o.time : nil)
+            state.memoryCurrent = o.memoryCurrent
+            state.prefetchPending = previous?.prefetchPending ?? 0
             steps.append((fb.demand, fraction, stall, decision, state))
         }
 
@@ -311,6 +337,25 @@ public struct Planner: Sendable {
 
         for i in inputs.indices { written[i] += shifted[i] }
 
+        // 6. Prefetch, into memory that is free under the budget only: a read-back that pushed
+        // the host over it made the next tick cut a neighbour at once (in the lab a hog fell from
+        // 204 to 94 MiB in a second while its limit went 215 → 160 → 203 MiB).
+        var free = budget > used ? budget - used : 0
+        var asked: [UInt64] = []
+        for i in inputs.indices {
+            asked.append(prefetchBytes(inputs[i], limit: written[i], state: &steps[i].state))
+            // Reads still in flight from earlier requests take free memory too.
+            free -= min(steps[i].state.prefetchPending - asked[i], free)
+        }
+        var prefetch = [UInt64](repeating: 0, count: inputs.count)
+        for i in inputs.indices where asked[i] > 0 {
+            var bytes = min(asked[i], free) & ~UInt64(WeightedDivision.page - 1)
+            if bytes < 1 << 20 { bytes = 0 }
+            steps[i].state.prefetchPending -= asked[i] - bytes
+            free -= bytes
+            prefetch[i] = bytes
+        }
+
         // 5. Swap.
         let swap = planSwap(inputs, absent: absent)
 
@@ -319,10 +364,46 @@ public struct Planner: Sendable {
             return VMPlan(name: e.name, demand: steps[i].demand, activeFraction: steps[i].fraction,
                           stall: steps[i].stall, decision: steps[i].decision, untaxedShare: untaxed[i],
                           fullShare: full[i], taxFloor: taxFloors[i], entitled: entitled[i], highTarget: high[i],
-                          memoryHigh: written[i], reclaimShift: shifted[i],
+                          memoryHigh: written[i], reclaimShift: shifted[i], prefetch: prefetch[i],
                           memoryLow: reservations[i], memoryMax: e.limit, swapMax: swap[i],
                           ioWeight: e.ioWeight, state: steps[i].state)
         }
+    }
+
+    /// Step 6: what to read back from swap ahead of a VM's faults. Only for a VM that woke
+    /// (see `VMControlState.wokeAt`) in the last `prefetchWindow`, is still bound by memory, has swap,
+    /// and sits below its limit by more than a margin (2% of it, at least 4 MiB, so that
+    /// prefetching does not push it into its own `memory.high` reclaim). No more than: the room
+    /// below the margin; what it held lately (`heldMark`) beyond what it holds, because a read-back
+    /// cannot tell the pages it will touch from those it no longer uses, and those take room and
+    /// must be reclaimed again (without this bound a victim 50 MiB short had 96 MiB read back,
+    /// and the later reclaim of the rest cost it 2,000 major faults); what it has in swap; and
+    /// `prefetchRate` for the period. From each bound what earlier prefetches have not delivered
+    /// yet is taken off: without that each tick asked again for reads still in flight (178 MiB
+    /// read back in 5 s for the same victim). The caller fits the total into free memory.
+    func prefetchBytes(_ input: VMInput, limit: UInt64, state: inout VMControlState) -> UInt64 {
+        let o = input.observation
+        guard let previous = input.state, o.time > previous.time else { state.prefetchPending = 0; return 0 }
+        // What arrived since is no longer pending; half of the rest is written off each tick (read
+        // and reclaimed again, or never there), so an estimate that is wrong does not stick.
+        let grown = o.memoryCurrent > previous.memoryCurrent ? o.memoryCurrent - previous.memoryCurrent : 0
+        let pending = (previous.prefetchPending - min(grown, previous.prefetchPending)) / 2
+        state.prefetchPending = pending
+        // Still bound this period: stalling above the target or refaulting above the threshold (a
+        // VM faulting back pages that were pushed out while it idled refaults without stalling
+        // by PSI's count: swap-ins of pages not marked as working set are not memory stalls).
+        guard host.prefetchRate > 0, state.wokeAt != nil, state.pressuredTicks > 0, o.swapCurrent > 0 else { return 0 }
+        let margin = max(4 << 20, limit / 50)
+        let held = UInt64(state.heldMark)
+        guard limit > o.memoryCurrent + margin + pending, held > o.memoryCurrent + pending else { return 0 }
+        let room = limit - o.memoryCurrent - margin - pending
+        let missing = held - o.memoryCurrent - pending
+        let rate = UInt64(Double(host.prefetchRate) * min(o.time - previous.time, 10))
+        let bytes = min(room, missing, o.swapCurrent, rate)
+        guard bytes >= 1 << 20 else { return 0 }
+        let asked = bytes & ~UInt64(WeightedDivision.page - 1)
+        state.prefetchPending = pending + asked
+        return asked
     }
 
     /// Swap division: by swap weight, each VM capped at its use plus headroom (at least half its

@@ -164,6 +164,94 @@ def hog_and_victim(c):
             f"swapfair: the victim holds its share again within 15 s ({'never' if regain is None else f'{regain:.1f} s'}; "
             f"goal 10 s: {'met' if regain is not None and regain <= 10 else 'not met'}; swap-ins set the pace)")
     c.check(sw["late_seconds"] >= 5, f"swapfair: the late window is long enough to judge ({sw['late_seconds']:.0f} s)")
+    # Swap-in prefetch on the real kernel: a victim still short of its memory 2 s after waking has
+    # its swap read back ahead of its faults (process_madvise(MADV_WILLNEED)); the log says how much.
+    said = daemon_lines(sw["daemon_log"], "00:00:00", ("swap-in prefetch",))
+    read = [l for l in said if "read back ahead of faults" in l and "vm=victim" in l]
+    log(f"(swap-in prefetch for the victim: {len(read)} requests" + "".join(
+        "; " + l.split("swap-in prefetch: ")[1].split(" of swapped")[0] for l in read[:8]) + ")")
+    c.check(not any("failed" in l for l in said) and (read or (regain is not None and regain <= 5)),
+            f"swapfair: a victim not back within 5 s of waking has had its swap read back ahead of its faults "
+            f"({len(read)} requests, none failed; back in {'never' if regain is None else f'{regain:.1f} s'})")
+
+
+# ------------------------------------------------------------------ swap-in prefetch
+
+def wake_prefetch(c):
+    """A VM wakes to a working set that went to swap while it idled, with memory free: once with
+    swap-in prefetch off, once on. Its memory is pushed out midway through the idle phase with
+    memory.reclaim, as a neighbour's demand would push it."""
+    log("\n=== swap-in prefetch: a VM wakes to a working set in swap, with memory free ===")
+    budget = 640 * MiB
+    ws = 300 * MiB
+    busy1, idle, busy2 = 8, 18, 12
+    results = {}
+    for mode, rate in [("off", 0), ("on", '"64M"')]:
+        host(budget)
+        cg_make(f"{HOST}/waker")
+        d = Daemon(f"wake-{mode}", vm_config(budget, 2048 * MiB, [{"name": "waker", "cgroup": f"{HOST}/waker"}],
+                                             extra_host=f"swap_prefetch = {rate}\n"))
+        g = f"{HOST}/waker"
+        s = Sampler([g])
+        st = StandIn("waker-" + mode, g, "320M", "300M", phases=f"busy:{busy1},idle:{idle},busy:{busy2}")
+        st.t0 = s.now()
+        if not wait_filled([st]):
+            c.check(False, f"{mode}: the stand-in filled its memory")
+            st.stop(); d.stop()
+            continue
+        s.run_for(busy1 + idle / 3)
+        try:
+            cg_write(g, "memory.reclaim", 250 * MiB)
+        except OSError as e:  # EAGAIN: less than asked could be reclaimed
+            log(f"  memory.reclaim: {e}")
+        s.run_for(1)
+        pushed = s.series[g][-1]["current"] if s.series[g] else 0
+        s.run_for(120, until=lambda: st.proc.poll() is not None)
+        d.stop()
+        lines = st.lines()
+        wake = next((l["t"] for l in lines if l.get("phase_index") == 2), None)
+        # The phase's first line comes a second into it.
+        wake = st.t0 + wake - 1 if wake is not None else None
+        first = s.mean(g, "current", st.t0 + busy1 / 2, st.t0 + busy1)
+        want = 0.9 * min(first, ws)
+        w = s.window(g, wake, wake + busy2) if wake is not None else []
+        regain = next((x["t"] - wake for x in w if x["current"] >= want), None)
+        late = [l for l in lines if l.get("phase_index") == 2]
+        faults = sum(l["majflt"] for l in late[:5])
+        touches = sum(l["touches"] for l in late[:5])
+        read = [l for l in daemon_lines(d.logfile, "00:00:00", ("swap-in prefetch",)) if "read back ahead" in l]
+        total = sum(parse_size(l.split("swap-in prefetch: ")[1].split(" of swapped")[0]) for l in read)
+        results[mode] = {"pushed": pushed, "regain": regain, "faults": faults, "touches": touches,
+                         "requests": len(read), "read": total, "swap": w[0]["swap"] if w else 0}
+        s.dump(f"wake-{mode}")
+    if len(results) < 2:
+        return
+    rows = [[m, mib(r["pushed"]), mib(r["swap"]), f"{r['regain']:.1f} s" if r["regain"] is not None else "never",
+             f"{r['faults']}", f"{r['touches'] / 5 / 1000:.0f}k", f"{r['requests']}", mib(r["read"])] for m, r in results.items()]
+    table(["PREFETCH", "RESIDENT AFTER PUSH", "SWAP AT WAKE", "MEMORY BACK", "MAJOR FAULTS (first 5 s)",
+           "TOUCHES/S (first 5 s)", "REQUESTS", "READ AHEAD"], rows)
+    off, on = results["off"], results["on"]
+    c.check(off["requests"] == 0, f"with swap_prefetch = 0 nothing is read ahead ({off['requests']} requests)")
+    c.check(on["requests"] > 0 and on["read"] >= 16 * MiB,
+            f"with prefetch the waking VM's swap is read back ahead of its faults ({on['requests']} requests, {mib(on['read'])})")
+    c.check(on["read"] <= max(on["swap"], 0) + 8 * MiB,
+            f"no more is read back than it has in swap ({mib(on['read'])} of {mib(on['swap'])})")
+    # One lab run: back in 3.6 s against 4.9 s, 99k against 28k touches a second in the first 5 s.
+    # The check is that it is no worse; the table shows by how much it is better.
+    c.check(on["regain"] is not None and off["regain"] is not None and on["regain"] <= off["regain"] + 0.5
+            and on["faults"] <= off["faults"] * 1.05,
+            f"with prefetch the waking VM is back no later and faults no more (back in {fmt_s(on['regain'])} against "
+            f"{fmt_s(off['regain'])}; {on['faults']} against {off['faults']} major faults in its first 5 s)")
+
+
+def fmt_s(x):
+    return "never" if x is None else f"{x:.1f} s"
+
+
+def parse_size(text):
+    """'35.2 MiB' → bytes (the daemon's Format.bytes)."""
+    n, unit = text.split()
+    return float(n) * {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
 
 
 def analyse_hv(s, victim, hog, ws, busy1, idle, busy2):
@@ -441,7 +529,7 @@ def faults(c):
 
 
 SCENARIOS = {"weights": weights, "idle_tax": idle_tax, "reservation": reservation, "swap_quota": swap_quota,
-             "faults": faults, "hog_and_victim": hog_and_victim}
+             "faults": faults, "hog_and_victim": hog_and_victim, "wake_prefetch": wake_prefetch}
 
 
 def main():

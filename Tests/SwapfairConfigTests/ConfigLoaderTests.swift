@@ -103,6 +103,9 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         (#"[host]\#nreclaim_shift_max = "1G""#, "host.reclaim_shift_max: must be a percentage"),
         (#"[host]\#ndouble_paging_window = "2m""#, "host.double_paging_window: must be between 10ms and 60s"),
         (#"[host]\#ndouble_paging_window = "soon""#, "host.double_paging_window: must be a duration"),
+        (#"[host]\#nswap_prefetch = "10%""#, "host.swap_prefetch: must be a size per second"),
+        (#"[host]\#nswap_prefetch = "fast""#, "host.swap_prefetch:"),
+        (#"[host]\#nswap_prefech = "64M""#, #"did you mean "swap_prefetch"?"#),
         (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G" }\#nballoon_qmp = "a.qmp""#, "balloon_qmp: must be an absolute path"),
         (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G" }\#nballoon_qmp = "/run/a.qmp""#,
          "balloon_qmp: reclaim shifting needs the host's swap served by swapfaird"),
@@ -140,6 +143,12 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         #expect(c.vms[0].balloonQMP == "/run/qemu/web.qmp")
         #expect(c.vms[0].guestMemory == 4 << 30)
         #expect(c.vms[1].balloonQMP == nil && c.vms[1].guestMemory == nil)
+    }
+
+    @Test func swapPrefetchIsARateOrOff() throws {
+        #expect(try load("[host]\nswap_prefetch = \"32M\"").host.swapPrefetch == 32 << 20)
+        #expect(try load("[host]\nswap_prefetch = 0").hostPolicy(HostFacts(memoryTotal: 1 << 30, swapTotal: 0)).prefetchRate == 0)
+        #expect(try load("").host.swapPrefetch == 64 << 20)
     }
 
     @Test func everyProblemIsReportedNotJustTheFirst() {

@@ -56,6 +56,27 @@ import SwapfairTestSupport
         #expect(table.contains("re-swapped as references 8 KiB, slots referring elsewhere 2"), "\(table)")
     }
 
+    /// What swap-in prefetch read back travels in the JSON and shows under the table.
+    @Test func prefetchedMemoryTravelsAndRenders() throws {
+        let vm = StatusReport.VM(name: "victim", state: "running", cgroup: "lab.slice/victim", weight: 100, reservation: 0,
+                                 limit: nil, demand: 100 * MiB, entitled: 100 * MiB, memoryHigh: 120 * MiB,
+                                 memoryCurrent: 110 * MiB, swapCurrent: 20 * MiB, swapMax: nil, stall: 0.3,
+                                 pressureAvg10: nil, activeFraction: 1, highEvents: 0, oomKills: 0, lastDecision: nil,
+                                 swapDevice: nil, reclaimShift: nil, prefetched: 96 * MiB)
+        var quiet = vm
+        quiet.name = "quiet"
+        quiet.prefetched = 0
+        let report = StatusReport(daemon: StatusReport.Daemon(
+            version: "t", pid: 1, config: "c", backend: "none", activity: "-", cgroupRoot: "-", intervalSeconds: 1, ticks: 1,
+            uptimeSeconds: 1, memoryBudget: 0, swapBudget: 0, lastTickMilliseconds: 0), vms: [vm, quiet])
+        let json = report.json()
+        #expect(json.contains("\"prefetched\""), "\(json)")
+        #expect(try StatusReport.decode(Array(json.utf8)) == report)
+        let table = StatusTable.render(report)
+        #expect(table.contains("swap-in prefetch (read back ahead of faults after waking): victim 96 MiB\n"), "\(table)")
+        #expect(!table.contains("quiet 0"))
+    }
+
     @Test func unknownRequestsGetAnError() throws {
         let path = socketPath()
         let server = try ControlServer(path: path, board: StatusBoard(), allowedGroup: nil, logger: LogCapture().logger())

@@ -34,4 +34,13 @@ int swapfair_punch_hole(int fd, int64_t offset, int64_t length);
 /// swapoff(2) (<sys/swap.h> is not in Swift's Glibc module). Returns 0, or -1 with errno set.
 int swapfair_swapoff(const char *path);
 
+/// pidfd_open(2): a file descriptor that refers to process `pid` for as long as it is open, so
+/// a later call cannot reach another process that reused the number. Returns the descriptor, or
+/// -1 with errno set (syscall(2) is variadic, so Swift cannot call it).
+int swapfair_pidfd_open(int32_t pid);
+
+/// process_madvise(2) on the process behind `pidfd`, over `count` ranges given as address and
+/// length pairs. Returns the bytes advised, or -1 with errno set.
+int64_t swapfair_process_madvise(int pidfd, const uint64_t *ranges, int count, int advice);
+
 #endif
