@@ -130,6 +130,28 @@ import Testing
         #expect(last[1].prefetch == 0)  // the hog thrashed all along: not waking
     }
 
+    @Test func refaultsWithoutAStallKeepItGoing() {
+        // Pages pushed out while it idled come back without a PSI stall (they are not marked as
+        // working set): its refaults say it is bound by memory, and that is enough.
+        let planner = Planner(HostPolicy(memoryBudget: 640 * MiB, swapBudget: 1024 * MiB))
+        var state: VMControlState?
+        var refaulted: UInt64 = 0
+        var out: [UInt64] = []
+        for t in 0..<14 {
+            let awake = t >= 10
+            if awake { refaulted += 20 * MiB }
+            let used: UInt64 = awake ? 80 * MiB : 320 * MiB
+            let p = planner.plan([VMInput(VMEntitlement(name: "waker"),
+                                          VMObservation(time: Double(t), memoryCurrent: used, swapCurrent: 250 * MiB,
+                                                        memoryHigh: 640 * MiB, activeBytes: used, refaultedTotal: refaulted,
+                                                        sampledActiveFraction: awake ? 1 : 0), state: state)])[0]
+            state = p.state
+            if awake { out.append(p.prefetch) }
+        }
+        // Bound two ticks running (refaults above the threshold) from the second tick awake.
+        #expect(out[0] == 0 && out[1] > 0 && out[2] > 0, "\(out)")
+    }
+
     @Test func noneOnTheFirstTick() {
         let planner = Planner(HostPolicy(memoryBudget: 320 * MiB, swapBudget: 1024 * MiB))
         let p = planner.plan([VMInput(VMEntitlement(name: "victim"),
