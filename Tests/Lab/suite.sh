@@ -38,18 +38,18 @@ if [ $# = 0 ]; then
     Tests/Lab/guest-swap.sh 2>&1 | grep -vE "^(lab:|\[ )" | tee "$LAB_OUT/guest2.log"
     echo; echo "=== swapfair's QMP client sets a real QEMU guest's balloon ==="
     Tests/Lab/balloon.sh 2>&1 | grep -vE "^(lab:|\[ )" | tee "$LAB_OUT/guest4.log"
-    grep -qE "^balloon: [0-9]+ passed" "$LAB_OUT/guest4.log" || failed_early=1
+    grep -aqE "^balloon: [0-9]+ passed" "$LAB_OUT/guest4.log" || failed_early=1
     echo; echo "=== swapfair under systemd as PID 1 ==="
     LAB_INIT=systemd LAB_SWAP=disk:2G LAB_TIMEOUT=900 LAB_PASS_ENV="LAB_OUT ${LAB_PASS_ENV:-}" \
         Tests/Lab/run-guest.sh . "python3 Tests/Lab/systemd_lab.py" 2>&1 | tee "$LAB_OUT/guest3.log"
-    grep -qE "^systemd: [0-9]+ passed" "$LAB_OUT/guest3.log" || failed_early=1
+    grep -aqE "^systemd: [0-9]+ passed" "$LAB_OUT/guest3.log" || failed_early=1
 fi
-passed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )PASS:")
-failed=$(cat "$LAB_OUT"/guest*.log | grep -cE "(^|: )FAIL:")
+passed=$(cat "$LAB_OUT"/guest*.log | grep -acE "(^|: )PASS:")
+failed=$(cat "$LAB_OUT"/guest*.log | grep -acE "(^|: )FAIL:")
 # A guest that died before printing its checks is a failure too.
-[ $run_scenarios = 1 ] && { grep -qE "^scenarios: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
-grep -qE "^ublk: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1))
-[ $dp = 1 ] && { grep -qE "^double_paging: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
+[ $run_scenarios = 1 ] && { grep -aqE "^scenarios: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
+grep -aqE "^ublk: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1))
+[ $dp = 1 ] && { grep -aqE "^double_paging: [0-9]+ passed" "$LAB_OUT/guest1.log" || failed=$((failed + 1)); }
 [ -n "${failed_early:-}" ] && failed=$((failed + 1))
 echo "lab: figures, logs and time series are in $LAB_OUT"
 echo "lab: $passed passed, $failed failed"
