@@ -29,7 +29,7 @@ enum AnonymousRegions {
 /// Runs of swapped pages, from `/proc/PID/pagemap` entries (bit 62: the page-table entry is a
 /// swap entry; bit 63 would say present).
 struct SwappedRuns {
-    static let page: UInt64 = 4096
+    static let page = WeightedDivision.page
     private(set) var runs: [(start: UInt64, length: UInt64)] = []
     private(set) var bytes: UInt64 = 0
     let budget: UInt64
