@@ -67,7 +67,7 @@ struct GuestPagerCommand: ParsableCommand {
         signal(SIGINT) { _ in stopRequested.store(true, ordering: .relaxed) }
 
         let out = try JSONLines(path: output)
-        let eventLog = try events.map { try JSONLines(path: $0) }
+        let eventLog = try events.map { try SwapOutLog(path: $0) }
         let swapDisk = try BlockFileDisk(path: disk, blocks: pageCount)
         guard let mapped = mmap(nil, Int(ramBytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               mapped != MAP_FAILED else { throw ValidationError("cannot map \(ram) of guest RAM: \(Errno(rawValue: errno))") }
@@ -111,9 +111,7 @@ struct GuestPagerCommand: ParsableCommand {
             }
             pager.onSwapOut = { block, swapped, entry in
                 let t = now()
-                var e: [String: Any] = ["t": t - start, "clock": t, "block": block, "host_swapped": swapped]
-                if let entry { e["swap_entry"] = entry }
-                eventLog.emit(e)
+                eventLog.record(t: t - start, clock: t, block: block, hostSwapped: swapped, swapEntry: entry)
             }
         }
         out.emit(["label": label, "event": "start", "pid": Int(getpid()), "ram": ramBytes, "pages": pageBytes,
@@ -165,6 +163,7 @@ struct GuestPagerCommand: ParsableCommand {
         }
         let c = pager.counters
         let secs = max(now() - start, 1e-6)
+        try eventLog?.flush()
         out.emit(["label": label, "event": "summary", "t": secs, "accesses": c.accesses, "rate": Double(c.accesses) / secs,
                   "guest_faults": c.guestFaults, "swap_outs": c.swapOuts, "swap_ins": c.swapIns, "drops": c.drops,
                   "double_paged": c.doublePaged, "false_reads": c.falseReads, "corrupt": c.corrupt,
@@ -183,6 +182,7 @@ struct GuestPagerCommand: ParsableCommand {
         if verify {
             let bad = try pager.verifyAll()
             out.emit(["label": label, "event": "verify", "pages": pageCount, "bad": bad, "swap_ins": pager.counters.swapIns])
+            try eventLog?.flush()
             if bad > 0 { Foundation.exit(3) }
         }
     }

@@ -356,7 +356,10 @@ def main():
     subprocess.run(["modprobe", "-r", "null_blk"], stderr=subprocess.DEVNULL)
     subprocess.run(["modprobe", "null_blk", "nr_devices=1", "memory_backed=1", "gb=1", "bs=4096", "queue_mode=2"], check=True)
     if "plain" in CONFIGS:
-        results["plain"] = run_guest("plain", "/dev/nullb0")
+        # The ground truth is recorded here too, so that every configuration's pager does the same work.
+        truth = "/tmp/dp-truth-plain.jsonl"
+        results["plain"] = run_guest("plain", "/dev/nullb0", truth=truth)
+        results["plain"]["pte_truth"] = sum(1 for l in open(truth) if (e := json.loads(l)).get("swap_entry") and e["t"] <= SECONDS)
     subprocess.run(["modprobe", "-r", "null_blk"], stderr=subprocess.DEVNULL)
 
     # tracking: swapfaird serves the host's swap (ublk, on the lab's swap disk itself, borrowed
@@ -379,7 +382,7 @@ def main():
         j, k = r.get("judged"), r.get("judged_pte")
         pct = lambda x: f"{100 * x:.1f}%"
         rows.append([name, mib(r["host_in"]), mib(r["host_out"]), mib(outs * 4096), f"{s.get('double_paged', 0)}",
-                     f"{k['truth']}" if k else "-",
+                     f"{k['truth']}" if k else f"{r.get('pte_truth', '-')}",
                      f"{100 * s.get('double_paged', 0) / max(outs, 1):.1f}%", f"{j['detected']}" if j else "-",
                      pct(k["precision"]) if k else "-", pct(k["recall"]) if k else "-",
                      pct(j["precision"]) if j else "-", pct(j["recall"]) if j else "-",

@@ -1,4 +1,5 @@
 import Testing
+import Foundation
 import SwapfairWorkload
 
 /// An in-memory swap disk that counts its I/O and can flip a bit to prove the check notices.
@@ -146,5 +147,36 @@ final class MemoryDisk: GuestSwapDisk {
             for p in 0..<2 { try pager.access(page: p, write: false) }
             #expect(pager.counters.falseReads == 1 && pager.counters.swapIns == 2)
         }
+    }
+}
+
+/// The ground-truth log is read back by the lab as JSON lines: every line must parse, with the
+/// fields it was given, whether it went out when the buffer filled or at the flush.
+@Suite struct SwapOutLogTests {
+    @Test func everyLineIsJSONWithItsFields() throws {
+        let path = "/tmp/swapfair-swapoutlog-\(getpid()).jsonl"
+        defer { unlink(path) }
+        let log = try SwapOutLog(path: path, flushAt: 200)  // small: most lines go out as the buffer fills
+        for i in 0..<50 {
+            log.record(t: Double(i) * 0.125, clock: 1_000_000.5 + Double(i), block: i * 7, hostSwapped: i % 2 == 0,
+                       swapEntry: i % 3 == 0 ? nil : i % 3 == 1)
+        }
+        try log.flush()
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        let lines = text.split(separator: "\n")
+        #expect(lines.count == 50)
+        for (i, line) in lines.enumerated() {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            let o = try #require(object, "line \(i) is not a JSON object: \(line)")
+            #expect(o["block"] as? Int == i * 7)
+            #expect(o["t"] as? Double == Double(i) * 0.125)
+            #expect(o["clock"] as? Double == 1_000_000.5 + Double(i))
+            #expect(o["host_swapped"] as? Bool == (i % 2 == 0))
+            #expect(o["swap_entry"] as? Bool == (i % 3 == 0 ? nil : i % 3 == 1))
+        }
+    }
+
+    @Test func aPathThatCannotBeWrittenIsAnError() {
+        #expect(throws: SwapOutLog.Failure.self) { try SwapOutLog(path: "/nonexistent-dir/truth.jsonl") }
     }
 }
