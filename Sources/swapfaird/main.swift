@@ -54,6 +54,10 @@ struct Swapfaird: ParsableCommand {
         }
         if let cgroupRoot { configuration.host.cgroupRoot = cgroupRoot }
         if let socket { configuration.host.socket = socket }
+        // Before the devices: starting them can take a while (a ublk take-over waits for the
+        // kernel), and a stop asked for meanwhile must be heard, not ignored.
+        let daemon = Daemon()
+        let signals = daemon.handleSignals(logger: logger)
 
         var devices: SwapDevices?
         if configuration.vms.contains(where: { $0.swapDevice != nil }) || configuration.host.hostSwapSize != nil
@@ -64,7 +68,8 @@ struct Swapfaird: ParsableCommand {
             }
         }
         if swapOnly {
-            runSwapOnly(configuration, devices: devices, logger: logger)
+            runSwapOnly(configuration, devices: devices, daemon: daemon, logger: logger)
+            withExtendedLifetime(signals) {}
             return
         }
 
@@ -114,8 +119,6 @@ struct Swapfaird: ParsableCommand {
                                activity: monitor, now: monotonicSeconds())
         loop.swapDevices = devices
         loop.tracker = devices?.tracker
-        let daemon = Daemon()
-        let signals = daemon.handleSignals(logger: logger)
 
         var group: UInt32?
         if let name = configuration.host.socketGroup {
@@ -155,14 +158,12 @@ struct Swapfaird: ParsableCommand {
     }
 
     /// Serves swap devices and the control socket, nothing else, until SIGTERM or SIGINT.
-    func runSwapOnly(_ c: SwapfairConfiguration, devices: SwapDevices?, logger: Logger) {
+    func runSwapOnly(_ c: SwapfairConfiguration, devices: SwapDevices?, daemon: Daemon, logger: Logger) {
         guard let devices else { fail("--swap-only, but no VM has a swap_device and there is no host swap device") }
         logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(devices.servers.count)"])
         let board = StatusBoard()
         let server = try? ControlServer(path: c.host.socket, board: board, allowedGroup: nil, logger: logger)
         if let server { startThread(named: "control-socket") { server.serve() } }
-        let daemon = Daemon()
-        let signals = daemon.handleSignals(logger: logger)
         let started = monotonicSeconds()
         let notifier = ServiceNotifier(environment: ProcessInfo.processInfo.environment)
         var ticks: UInt64 = 0
@@ -178,7 +179,6 @@ struct Swapfaird: ParsableCommand {
         notifier.stopping()
         server?.stop()
         devices.stop(logger: logger)
-        withExtendedLifetime(signals) {}
         logger.notice("stopped")
     }
 
