@@ -57,10 +57,10 @@ let package = Package(
             name: "SwapfairUblk",
             dependencies: ["CURing", "CSwapfairShim", "SwapfairIO", "SwapfairSys", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict),
-        // NBD exports of the swap volumes: sockets, connections, peer checks.
+        // The swap volumes' exports: NBD (sockets, connections, peer checks) and ublk block devices.
         .target(
             name: "SwapfairExport",
-            dependencies: ["SwapfairIO", "SwapfairNBD", "SwapfairSys", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SwapfairIO", "SwapfairNBD", "SwapfairSys", "SwapfairUblk", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Typed syscall wrappers shared by the I/O modules.
         .target(
@@ -124,7 +124,7 @@ let package = Package(
         .testTarget(name: "SwapfairNBDTests", dependencies: ["SwapfairNBD"], swiftSettings: strict),
         .testTarget(name: "SwapfairWorkloadTests", dependencies: ["SwapfairWorkload"], swiftSettings: strict),
         .testTarget(name: "SwapfairTrackingTests", dependencies: ["SwapfairTracking"], swiftSettings: strict),
-        .testTarget(name: "SwapfairUblkTests", dependencies: ["SwapfairUblk", "SwapfairIO", "SwapfairSys"], swiftSettings: strict),
+        .testTarget(name: "SwapfairUblkTests", dependencies: ["SwapfairUblk", "SwapfairExport", "SwapfairIO", "SwapfairSys"], swiftSettings: strict),
         .testTarget(name: "SwapfairQMPTests", dependencies: ["SwapfairQMP", "SwapfairSys"], swiftSettings: strict),
         .testTarget(name: "SwapfairIOTests", dependencies: ["SwapfairIO", "SwapfairTestSupport"], swiftSettings: strict),
         .testTarget(name: "SwapfairPolicyTests", dependencies: ["SwapfairPolicy", "SwapfairSimulation", "SwapfairTestSupport"], swiftSettings: strict),

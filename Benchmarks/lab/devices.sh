@@ -1,8 +1,9 @@
 #!/bin/bash
 # What one block request costs through each path a guest's or the host's swap can take, side by
 # side on the lab's real kernel. First, all backed by RAM, so that the figures are the paths' own
-# cost: null_blk (in the kernel), a swapfair NBD export through the kernel's nbd client, and
-# swapfaird's ublk device. Then on the lab's disk (a virtio disk, an image file on the host), as
+# cost: null_blk (in the kernel), a swapfair NBD export through the kernel's nbd client, the same
+# VM volume as its ublk block device (`ublk = true`, through the engine), and swapfaird's host ublk
+# device. Then on the lab's disk (a virtio disk, an image file on the host), as
 # the host's swap has it: fio on the disk itself, and swapfaird's ublk device with the disk as its
 # volume, where the requests a queue has in flight at once matter. fio, 4 KiB random reads and
 # writes at queue depth 1 (a guest pager's synchronous faults) and 32. Prints one table.
@@ -20,7 +21,8 @@ mkdir -p "$OUT" /run/swapfair
 modprobe null_blk nr_devices=1 memory_backed=1 gb=1 bs=4096 queue_mode=2
 modprobe nbd
 modprobe ublk_drv
-# config FILE STATE VOLUME: a swap-only configuration whose host swap is VOLUME (a TOML line).
+# config FILE STATE VOLUME [UBLK]: a swap-only configuration whose host swap is VOLUME (a TOML
+# line); UBLK true: the VM's volume is also a ublk block device.
 config() {
     cat > "$1" <<TOML
 [host]
@@ -29,7 +31,7 @@ nbd_dir = "/run/swapfair/nbd"
 $3
 [[vm]]
 name = "bench"
-swap_device = { size = "1G" }
+swap_device = { size = "1G", ublk = ${4:-false} }
 TOML
 }
 # serve BUILD CONFIG LOG: starts that build of swapfaird ($daemon) and finds its ublk device ($dev).
@@ -38,7 +40,8 @@ serve() {
     "$1" --config "$2" --socket /run/swapfair/bench.sock --swap-only > "$3" 2>&1 &
     daemon=$!
     for _ in $(seq 300); do grep -q "device=/dev/ublkb" "$3" && [ -S /run/swapfair/nbd/bench.sock ] && break; sleep 0.1; done
-    dev=$(grep -o "device=/dev/ublkb[0-9]*" "$3" | head -1 | cut -d= -f2)
+    dev=$(grep "host swap device" "$3" | grep -o "device=/dev/ublkb[0-9]*" | head -1 | cut -d= -f2)
+    vmdev=$(grep "VM swap block device" "$3" | grep -o "device=/dev/ublkb[0-9]*" | head -1 | cut -d= -f2)
     [ -n "$dev" ] || { echo "no ublk device from $1"; tail -3 "$3"; }
 }
 rows=""
@@ -64,19 +67,25 @@ PY
 
 # All in RAM: null_blk, this build's NBD export and ublk device (its volume a file on tmpfs), and
 # the other build's ublk device.
-config "$OUT/swapfair.toml" /tmp/devices-state 'host_swap_size = "1G"'
+config "$OUT/swapfair.toml" /tmp/devices-state 'host_swap_size = "1G"' true
 serve "$BIN/swapfaird" "$OUT/swapfair.toml" "$OUT/daemon.log"
 nbd-client -u -N bench /run/swapfair/nbd/bench.sock /dev/nbd1 -b 4096 > "$OUT/nbd-client.log" 2>&1 || { echo "nbd-client failed"; cat "$OUT/nbd-client.log"; }
 measure /dev/nullb0 "null_blk (kernel, RAM)"
 measure /dev/nbd1 "swapfair NBD export (kernel nbd client, RAM)"
-[ -n "$dev" ] && measure "$dev" "swapfair ublk device (RAM)"
+[ -n "$vmdev" ] && measure "$vmdev" "the same volume as a ublk block device (RAM)"
+[ -n "$dev" ] && measure "$dev" "swapfair host ublk device (RAM)"
 nbd-client -d /dev/nbd1 >/dev/null 2>&1
+kill $daemon; wait $daemon
+# A stopped daemon leaves the VM's block device to the next; one without it in its configuration removes it.
+config "$OUT/swapfair.toml" /tmp/devices-state 'host_swap_size = "1G"'
+serve "$BIN/swapfaird" "$OUT/swapfair.toml" "$OUT/daemon-cleanup.log"
+for _ in $(seq 100); do grep -q "removed the ublk device" "$OUT/daemon-cleanup.log" && break; sleep 0.1; done
 kill $daemon; wait $daemon
 for build in ${SWAPFAIRD_COMPARE:-}; do
     rm -rf /tmp/devices-state-compare
     config "$OUT/compare.toml" /tmp/devices-state-compare 'host_swap_size = "1G"'
     serve "$build" "$OUT/compare.toml" "$OUT/compare-daemon.log"
-    [ -n "$dev" ] && measure "$dev" "swapfair ublk device (RAM) ($build)"
+    [ -n "$dev" ] && measure "$dev" "swapfair host ublk device (RAM) ($build)"
     kill $daemon; wait $daemon
     rm -rf /tmp/devices-state-compare
 done

@@ -65,6 +65,9 @@ public struct SwapDeviceConfig: Sendable, Equatable {
     /// Users and groups (names or numbers) allowed to connect besides root.
     public var users: [String] = []
     public var groups: [String] = []
+    /// Also served as a ublk block device (`/dev/ublkbN`), owned by the first of `users` and
+    /// `groups`, beside the NBD export.
+    public var ublk = false
 }
 
 /// One `[[vm]]` table.

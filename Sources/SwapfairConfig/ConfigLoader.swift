@@ -13,7 +13,7 @@ public enum ConfigLoader {
                             "shared_map_dir", "reclaim_shift_max", "double_paging_window", "swap_prefetch"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit", "swap_device", "balloon_qmp", "guest_memory"]
-    static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups"]
+    static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups", "ublk"]
 
     /// Loads a file. `facts` resolves percentages for the cross-checks (reservations within the budget).
     public static func load(path: String, facts: HostFacts) throws(ConfigError) -> SwapfairConfiguration {
@@ -328,7 +328,7 @@ struct Validator {
         }
     }
 
-    /// `swap_device = { size = "4G", weight = 200, reservation = "500 iops", limit = "40M/s", users = ["qemu"] }`.
+    /// `swap_device = { size = "4G", weight = 200, reservation = "500 iops", limit = "40M/s", users = ["qemu"], ublk = true }`.
     mutating func swapDeviceConfig(_ e: TOMLEntry, _ key: String) -> SwapDeviceConfig? {
         guard case .table(let t) = e.value else {
             problem(e.line, key, "must be a table such as { size = \"4G\" }")
@@ -359,6 +359,8 @@ struct Validator {
                     }
                 }
                 if f.key == "users" { d.users = names } else { d.groups = names }
+            case "ublk":
+                if case .boolean(let b) = f.value { d.ublk = b } else { problem(f.line, k, "must be true or false, got \(f.value.kindName)") }
             default: problem(f.line, k, "unknown key" + suggestion(f.key, ConfigLoader.swapDeviceKeys))
             }
         }

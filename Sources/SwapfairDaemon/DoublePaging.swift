@@ -108,25 +108,36 @@ struct ElidingTarget: UblkTarget {
             elision.hostWrote(done, ok: result >= 0, bytes, digests: digests(r))
             if result >= 0 { tracker.hostSwappedOut(bytes: r.length) }
         } else if r.kind == .read && result >= 0 {
-            tracker.hostSwappedIn(bytes, now: monotonicSeconds())
-            elision.hostRead(done, bytes)
+            // One digest of each page for both.
+            let digests = digests(r)
+            PageDigest.fill(bytes, into: digests)
+            tracker.hostSwappedIn(bytes, digests: UnsafeBufferPointer(digests), now: monotonicSeconds())
+            elision.hostRead(done, bytes, digests: digests)
         }
         return result
     }
 }
 
-/// Write elision as the guests' exports see it.
+/// Write elision as the guests' exports see it; it also tells the tracker of each guest write (in
+/// place of the exports' write observer), so that each page is digested once for both.
 struct ElisionSharing: BlockSharing {
     let elision: WriteElision
-    /// Where each elided block is logged, if anywhere (`--double-paging-events`).
+    let tracker: DoublePagingTracker
+    /// Where each detection and each elided block is logged, if anywhere (`--double-paging-events`).
     var log: DoublePagingEventLog? = nil
     func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> SharedWrite {
         let first = offset / UInt64(PageDigest.pageSize)
-        let report = log.map { log in { @Sendable (page: Int, fromWrite: Bool) in
-            log.record(time: monotonicSeconds(), vm: vm, block: first + UInt64(page),
-                       kind: fromWrite ? "elided-from-write" : "elided-from-read")
-        } }
-        switch elision.guestWrite(vm: vm, offset: offset, bytes, elided: report) {
+        var digests = [UInt64](repeating: 0, count: bytes.count / PageDigest.pageSize)
+        let result = digests.withUnsafeMutableBufferPointer { d in
+            PageDigest.fill(bytes, into: d)
+            SwapDevices.observeGuestWrite(tracker, log: log, vm: vm, offset: offset, bytes, digests: UnsafeBufferPointer(d))
+            let report = log.map { log in { @Sendable (page: Int, fromWrite: Bool) in
+                log.record(time: monotonicSeconds(), vm: vm, block: first + UInt64(page),
+                           kind: fromWrite ? "elided-from-write" : "elided-from-read")
+            } }
+            return elision.guestWrite(vm: vm, offset: offset, bytes, digests: UnsafeBufferPointer(d), elided: report)
+        }
+        switch result {
         case .none: return .writeAll
         case .all: return .writeNone
         case .pages(let elided): return .writeSome(elided: elided)

@@ -92,6 +92,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
         /// Every guest swap-out byte the tracker saw (written or elided).
         public var guestSwapOutBytes: UInt64? = nil
         public var sharedReadBytes: UInt64? = nil
+        /// Its ublk block device (`ublk = true`), e.g. "/dev/ublkb1".
+        public var blockDevice: String? = nil
     }
 
     /// The host's swap device, when swapfaird serves it (`host_swap_device` or `host_swap_size`).

@@ -39,6 +39,8 @@ public enum StatusTable {
                               Format.bytes(d.readBytes), Format.bytes(d.writeBytes), "\(d.queued)", "\(d.errors)",
                               d.reservationMet.map { $0 ? "met" : "NOT MET" } ?? "-"]
                          })
+            let blocks = devices.compactMap { name, d in d.blockDevice.map { "\(name) \($0)" } }
+            if !blocks.isEmpty { out += "also as ublk block devices: " + blocks.joined(separator: ", ") + "\n" }
             let tracked = devices.filter { $0.1.doublePagingEvents != nil }
             if !tracked.isEmpty {
                 out += "\ndouble paging (guest swap-outs of pages the host had just swapped in)\n"

@@ -14,11 +14,14 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Every VM's swap device: its volume, its NBD export, and its share of the one swap engine.
+/// Every VM's swap device: its volume, its NBD export (and ublk device, with `ublk = true`), and
+/// its share of the one swap engine.
 public final class SwapDevices: Sendable {
     public let engine: SwapEngine
     public let pool: BufferPool
     public let servers: [String: ExportServer]
+    /// The VMs' ublk block devices (`ublk = true`).
+    public let blockDevices: [String: UblkDevice]
     /// The host's own swap device (`host_swap_size`), served over ublk.
     public let hostSwap: UblkDevice?
     /// Double paging, seen from both sides: present with the host's swap device.
@@ -36,6 +39,7 @@ public final class SwapDevices: Sendable {
         case engine(SysError)
         case unknownUser(String, String)
         case hostSwap(String)
+        case blockDevice(String, String)
         public var description: String {
             switch self {
             case .volume(let vm, let e): return "VM \(vm): \(e)"
@@ -43,6 +47,7 @@ public final class SwapDevices: Sendable {
             case .engine(let e): return "cannot start the swap engine: \(e)"
             case .unknownUser(let vm, let u): return "VM \(vm): swap_device allows \"\(u)\", which is not a user or group here"
             case .hostSwap(let why): return "cannot serve the host's swap device (host_swap_size or host_swap_device): \(why)"
+            case .blockDevice(let vm, let why): return "VM \(vm): cannot serve its swap volume as a ublk block device (ublk = true): \(why)"
             }
         }
     }
@@ -60,27 +65,35 @@ public final class SwapDevices: Sendable {
             try FileAccess.makeDirectory(volumes, mode: 0o700)
         } catch { throw .export("*", error) }
         var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]
+        var targets: [(EngineTarget, owner: (uid: UInt32, gid: UInt32))] = []
+        if let vm = devices.first(where: { $0.2.ublk })?.1, let why = UblkDevice.unavailableReason() {
+            throw .blockDevice(vm.name, why)
+        }
         let tracker = c.host.hostSwapSize == nil && c.host.hostSwapDevice == nil ? nil : DoublePagingTracker(window: c.host.doublePagingWindow)
         let eventLog = doublePagingEvents.flatMap { DoublePagingEventLog(path: $0) }
         if let doublePagingEvents, eventLog == nil {
             logger.warning("cannot write the double-paging event log", metadata: ["path": "\(doublePagingEvents)"])
         }
-        let observer = tracker.map { Self.guestWrites(into: $0, log: eventLog) }
         let hostVolume = try Self.hostSwapVolume(c)
         let elision = try Self.writeElision(c, hostVolume: hostVolume, guests: devices.map { ($0.1.name, $0.2.size) },
                                             logger: logger)
-        let sharing = elision.map { ElisionSharing(elision: $0.elision, log: eventLog) }
+        let sharing = elision.flatMap { e in tracker.map { ElisionSharing(elision: e.elision, tracker: $0, log: eventLog) } }
+        // With elision the sharing tells the tracker of each guest write (one digest for both).
+        let observer = sharing != nil ? nil : tracker.map { Self.guestWrites(into: $0, log: eventLog) }
         for (index, vm, d) in devices {
             let volume: Volume
             do { volume = try Volume(path: "\(volumes)/\(vm.name).img", size: d.size) } catch { throw .volume(vm.name, error) }
             var access = ExportAccess()
+            var uids: [UInt32] = [], gids: [UInt32] = []
             for u in d.users {
                 guard let uid = UInt32(u) ?? getpwnam(u).map({ $0.pointee.pw_uid }) else { throw .unknownUser(vm.name, u) }
                 access.uids.insert(uid)
+                uids.append(uid)
             }
             for g in d.groups {
                 guard let gid = UInt32(g) ?? getgrnam(g).map({ $0.pointee.gr_gid }) else { throw .unknownUser(vm.name, g) }
                 access.gids.insert(gid)
+                gids.append(gid)
             }
             let share = Self.share(d)
             engine.setShare(client: index, share)
@@ -92,6 +105,11 @@ public final class SwapDevices: Sendable {
             } catch { throw .export(vm.name, error) }
             clients[vm.name] = index
             shares[vm.name] = share
+            if d.ublk {
+                targets.append((EngineTarget(name: vm.name, volume: volume, client: index, engine: engine,
+                                             writeObserver: observer, sharing: sharing),
+                                (uids.first ?? 0, gids.first ?? 0)))
+            }
             logger.notice("swap device ready", metadata: [
                 "vm": "\(vm.name)", "socket": "\(c.host.nbdDir)/\(vm.name).sock", "volume": "\(volume.path)",
                 "size": "\(d.size)", "direct_io": "\(volume.direct)", "share": "\(Self.describe(share))",
@@ -107,18 +125,102 @@ public final class SwapDevices: Sendable {
             try Self.hostSwapDevice(c, volume: v, tracker: tracker, elision: elision, logger: logger)
         }
         engine.start()
+        // After the engine: a ublk device takes I/O (the kernel's partition scan) as it starts.
+        var blockDevices: [String: UblkDevice] = [:]
+        for (target, owner) in targets {
+            do {
+                blockDevices[target.name] = try Self.blockDevice(target, directory: volumes, linkDirectory: c.host.nbdDir,
+                                                                 owner: owner, queueDepth: c.host.swapQueueDepth, logger: logger)
+            } catch {
+                for d in blockDevices.values { d.detach() }
+                engine.stop()
+                if let hostSwap { try? hostSwap.stop() }
+                throw error
+            }
+        }
+        self.blockDevices = blockDevices
+        Self.removeStaleBlockDevices(in: volumes, links: c.host.nbdDir, keeping: Set(blockDevices.keys), logger: logger)
         for s in servers.values { s.start() }
+    }
+
+    /// A VM's volume as `/dev/ublkbN`, owned by `owner` (mode 0660), so that the VM's VMM, and no
+    /// other VM's, can open it, and linked as `<linkDirectory>/NAME.ublk` beside its NBD socket, a
+    /// name a VM's unit can give its VMM. Made with ublk's user recovery, as the host's swap device
+    /// is: a restarted daemon takes it over (its id is kept in `<volumes>/NAME.ublk-id`) and the
+    /// requests the kernel held meanwhile go on, so a restart costs the guest no I/O error.
+    static func blockDevice(_ target: EngineTarget, directory: String, linkDirectory: String, owner: (uid: UInt32, gid: UInt32),
+                            queueDepth: Int, logger: Logger) throws(Failure) -> UblkDevice {
+        let idFile = "\(directory)/\(target.name).ublk-id"
+        let previous = (try? String(contentsOfFile: idFile, encoding: .utf8)).flatMap {
+            UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        let device: UblkDevice
+        do {
+            device = try UblkDevice(target: target, queueDepth: min(queueDepth, 128), maxIOBytes: 512 << 10, recover: previous,
+                                    threadName: "ublk-\(target.name)")
+        } catch { throw .blockDevice(target.name, "\(error)") }
+        try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
+        let path = device.blockDevicePath
+        // The node appears with the device (devtmpfs); udev may take a moment.
+        var tries = 0
+        while access(path, F_OK) != 0 && tries < 200 {
+            usleep(10_000)
+            tries += 1
+        }
+        if chown(path, owner.uid, owner.gid) != 0 || chmod(path, 0o660) != 0 {
+            logger.warning("cannot give the VM's ublk device to its users; only root can open it",
+                           metadata: ["vm": "\(target.name)", "device": "\(path)", "error": "\(Errno(rawValue: errno).message)"])
+        }
+        let link = "\(linkDirectory)/\(target.name).ublk"
+        unlink(link)
+        if symlink(path, link) != 0 {
+            logger.warning("cannot link the VM's ublk device by name", metadata: [
+                "vm": "\(target.name)", "link": "\(link)", "error": "\(Errno(rawValue: errno).message)"])
+        }
+        var metadata: Logger.Metadata = ["vm": "\(target.name)", "device": "\(path)", "link": "\(link)", "uid": "\(owner.uid)",
+                                         "gid": "\(owner.gid)"]
+        if device.recovered { metadata["waited"] = "\((device.recoveryWait * 10).rounded() / 10) s" }
+        logger.notice(device.recovered ? "VM swap block device taken over from the previous daemon; its held I/O resumes"
+                                       : "VM swap block device ready", metadata: metadata)
+        return device
+    }
+
+    /// Devices left by an earlier configuration (a VM gone, or its `ublk` turned off): removed, on
+    /// a thread of their own, since the kernel lets a device go only once nothing holds it open.
+    static func removeStaleBlockDevices(in directory: String, links: String, keeping: Set<String>, logger: Logger) {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for f in files where f.hasSuffix(".ublk-id") && !keeping.contains(String(f.dropLast(8))) {
+            let path = "\(directory)/\(f)", vm = String(f.dropLast(8))
+            unlink("\(links)/\(vm).ublk")
+            guard let id = (try? String(contentsOfFile: path, encoding: .utf8)).flatMap({
+                UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else { unlink(path); continue }
+            startThread(named: "ublk-remove") {
+                do {
+                    try UblkDevice.remove(id: id)
+                    logger.notice("removed the ublk device of a VM no longer served over ublk", metadata: [
+                        "vm": "\(vm)", "device": "/dev/ublkb\(id)"])
+                } catch {
+                    logger.warning("cannot remove the ublk device of a VM no longer served over ublk", metadata: [
+                        "vm": "\(vm)", "device": "/dev/ublkb\(id)", "error": "\(error)"])
+                }
+                unlink(path)
+            }
+        }
     }
 
     /// What the exports tell the tracker: every guest write, page by page, and each event to the log.
     static func guestWrites(into tracker: DoublePagingTracker, log: DoublePagingEventLog?)
         -> @Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void
     {
-        return { vm, offset, bytes in
-            let now = monotonicSeconds()
-            tracker.guestSwappedOut(vm: vm, bytes, now: now) { page in
-                log?.record(time: now, vm: vm, block: offset / UInt64(PageDigest.pageSize) + UInt64(page))
-            }
+        return { vm, offset, bytes in observeGuestWrite(tracker, log: log, vm: vm, offset: offset, bytes) }
+    }
+
+    /// Tells the tracker of a guest write and logs each double-paging event it finds.
+    static func observeGuestWrite(_ tracker: DoublePagingTracker, log: DoublePagingEventLog?, vm: String, offset: UInt64,
+                                  _ bytes: UnsafeRawBufferPointer, digests: UnsafeBufferPointer<UInt64>? = nil) {
+        let now = monotonicSeconds()
+        tracker.guestSwappedOut(vm: vm, bytes, digests: digests, now: now) { page in
+            log?.record(time: now, vm: vm, block: offset / UInt64(PageDigest.pageSize) + UInt64(page))
         }
     }
 
@@ -252,6 +354,9 @@ public final class SwapDevices: Sendable {
 
     public func stop(logger: Logger? = nil) {
         for s in servers.values { s.stop() }
+        // The VMs' ublk devices stay for the next daemon, which takes them over: their requests wait
+        // in the kernel meanwhile, as after a crash. Those the engine has are answered first.
+        for d in blockDevices.values { d.detach() }
         engine.stop()
         if let elision {
             let s = elision.summary(check: true)
@@ -310,6 +415,7 @@ public final class SwapDevices: Sendable {
                 redundantReadBytes: tracker.map { _ in paging[name]?.redundantReadBytes ?? 0 },
                 redundantWriteBytes: tracker.map { _ in paging[name]?.redundantWriteBytes ?? 0 })
             if tracker != nil { device.guestSwapOutBytes = paging[name]?.guestSwapOutBytes ?? 0 }
+            device.blockDevice = blockDevices[name]?.blockDevicePath
             if elision != nil {
                 device.elidedWriteBytes = elided[name]?.elidedBytes ?? 0
                 device.sharedReadBytes = elided[name]?.sharedReadBytes ?? 0

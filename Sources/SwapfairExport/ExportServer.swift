@@ -346,15 +346,7 @@ final class Connection: @unchecked Sendable {
     /// request, and answers once all of them completed (with the first error, if any).
     private func writeRuns(_ r: NBDRequest, payload: [UInt8], elided: [Bool], _ sharing: any BlockSharing) {
         let page = 4096
-        var runs: [Range<Int>] = []
-        var i = 0
-        while i < elided.count {
-            if elided[i] { i += 1; continue }
-            var j = i
-            while j < elided.count && !elided[j] { j += 1 }
-            runs.append(i..<j)
-            i = j
-        }
+        let runs = SharedWrite.runs(elided)
         waitForWindow()
         outbox.withLock { $0.inFlight += 1 }
         let join = Mutex((remaining: runs.count, error: Int32(0)))
@@ -596,4 +588,20 @@ public enum SharedWrite: Sendable, Equatable {
     case writeNone
     /// Write the pages marked false; those marked true are references.
     case writeSome(elided: [Bool])
+}
+
+extension SharedWrite {
+    /// The runs of consecutive pages still to write, given which pages became references.
+    public static func runs(_ elided: [Bool]) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        var i = 0
+        while i < elided.count {
+            if elided[i] { i += 1; continue }
+            var j = i
+            while j < elided.count && !elided[j] { j += 1 }
+            runs.append(i..<j)
+            i = j
+        }
+        return runs
+    }
 }

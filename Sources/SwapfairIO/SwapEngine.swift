@@ -26,7 +26,8 @@ public enum BlockOp: Sendable, Equatable {
 ///
 /// Buffers are taken from the pool only when the scheduler dispatches a request: a request that
 /// waits (behind its limit, or behind heavier clients) holds no buffer, so no client can starve
-/// the others of buffers.
+/// the others of buffers. A request with `memory` needs none: it reads into, or writes from,
+/// memory its submitter owns (a ublk tag's buffer), and a read's `done` gets no buffer.
 public struct BlockRequest: Sendable {
     public var client: Int
     public var volume: Volume
@@ -35,25 +36,37 @@ public struct BlockRequest: Sendable {
     public var length: UInt32
     /// A write's data, as read from the client.
     public var payload: [UInt8]?
+    /// The submitter's memory for the data, at least `length` bytes, untouched by it until `done`.
+    public var memory: IOMemory?
     public var done: @Sendable (Int32, IOBuffer?) -> Void
 
     public init(client: Int, volume: Volume, op: BlockOp, offset: UInt64, length: UInt32, payload: [UInt8]? = nil,
-                done: @escaping @Sendable (Int32, IOBuffer?) -> Void) {
+                memory: IOMemory? = nil, done: @escaping @Sendable (Int32, IOBuffer?) -> Void) {
         self.client = client
         self.volume = volume
         self.op = op
         self.offset = offset
         self.length = length
         self.payload = payload
+        self.memory = memory
         self.done = done
     }
 
-    var needsBuffer: Bool {
+    var transfersData: Bool {
         switch op {
         case .read, .write: return true
         default: return false
         }
     }
+
+    var needsBuffer: Bool { transfersData && memory == nil }
+}
+
+/// Memory a request's submitter owns and lends the engine until the request is done.
+public struct IOMemory: @unchecked Sendable {
+    // @unchecked: the submitter does not touch it while the engine has it.
+    public let pointer: UnsafeMutableRawPointer
+    public init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
 }
 
 /// Per-client I/O counters, for `swapfairctl status`.
@@ -177,20 +190,27 @@ public final class SwapEngine: @unchecked Sendable {
             return false
         }
         defer { inlineBusy.store(false, ordering: .releasing) }
-        guard let b = pool.tryAcquire(Int(r.length)) else { return false }
+        let buffer: IOBuffer?
+        if r.memory == nil {
+            guard let b = pool.tryAcquire(Int(r.length)) else { return false }
+            buffer = b
+        } else {
+            buffer = nil
+        }
+        guard let data = r.memory?.pointer ?? buffer?.pointer else { return false }
         let length = Int(r.length)
-        if write, let payload = r.payload {
+        if write, let payload = r.payload, let b = buffer {
             payload.withUnsafeBytes { b.pointer.copyMemory(from: $0.baseAddress!, byteCount: min($0.count, length)) }
         }
-        let done = r.volume.transfer(write: write, b.pointer, length: length, offset: r.offset)
+        let done = r.volume.transfer(write: write, data, length: length, offset: r.offset)
         // A short transfer means the end of the file: an I/O error, as on the ring.
         var result: Int32 = done < 0 ? Int32(done) : done < length ? -EIO : Int32(length)
         if result >= 0, fua, fdatasync(r.volume.fd) != 0 { result = -errno }
         account(r, result, inline: true)
-        if !write, result >= 0 {
-            r.done(result, b)
+        if !write, result >= 0, let buffer {
+            r.done(result, buffer)
         } else {
-            pool.release(b)
+            if let buffer { pool.release(buffer) }
             r.done(result, nil)
         }
         return true
@@ -281,8 +301,7 @@ public final class SwapEngine: @unchecked Sendable {
             // The ring has room for twice the queue depth, so a prepare cannot fail here. Requests
             // served inline and reads of shared blocks take buffers on other threads, so the last
             // free one may be gone when taken: the request then waits for the next round, first.
-            while inFlight < queueDepth, pool.freeCount > 0,
-                  let d = retry.isEmpty ? scheduler.dequeue(now: t) : retry.removeFirst() {
+            while inFlight < queueDepth, let d = retry.isEmpty ? scheduler.dequeue(now: t) : retry.removeFirst() {
                 let tag = d.item, phase = d.phase
                 guard let r = pending[tag] else { continue }
                 if r.needsBuffer {
@@ -312,7 +331,7 @@ public final class SwapEngine: @unchecked Sendable {
             do {
                 // Requests waiting for a buffer are tried again within a millisecond: buffers come
                 // back from the connections' threads, which do not wake the engine.
-                let starved = !retry.isEmpty || (pool.freeCount == 0 && scheduler.queuedCount > 0)
+                let starved = !retry.isEmpty
                 if idle, let next = starved ? t + 0.001 : scheduler.nextEligibleTime(now: t), inFlight < queueDepth {
                     try ring.submit()
                     _ = try ring.wait(timeout: max(0, next - monotonicSeconds()))
@@ -342,13 +361,14 @@ public final class SwapEngine: @unchecked Sendable {
     /// Prepares the ring operation for a request; false when the ring is full.
     private func prepare(_ r: BlockRequest, buffer: IOBuffer?, tag: UInt64) -> Bool {
         let fd = r.volume.fd
+        let data = buffer?.pointer ?? r.memory?.pointer
         switch r.op {
         case .read:
-            guard let b = buffer else { return false }
-            return ring.prepare(.read(fd: fd, buffer: b.pointer, length: r.length, offset: r.offset), userData: tag)
+            guard let data else { return false }
+            return ring.prepare(.read(fd: fd, buffer: data, length: r.length, offset: r.offset), userData: tag)
         case .write(let fua):
-            guard let b = buffer else { return false }
-            return ring.prepare(.write(fd: fd, buffer: b.pointer, length: r.length, offset: r.offset, dsync: fua),
+            guard let data else { return false }
+            return ring.prepare(.write(fd: fd, buffer: data, length: r.length, offset: r.offset, dsync: fua),
                                 userData: tag)
         case .flush:
             return ring.prepare(.sync(fd: fd), userData: tag)
@@ -368,7 +388,7 @@ public final class SwapEngine: @unchecked Sendable {
         let buffer = buffers.removeValue(forKey: tag)
         var result = res
         // A short read or write on a regular file means the end of the file: report an I/O error.
-        if res >= 0, r.needsBuffer, res != Int32(r.length) {
+        if res >= 0, r.transfersData, res != Int32(r.length) {
             result = -EIO
         }
         account(r, result, inline: false)

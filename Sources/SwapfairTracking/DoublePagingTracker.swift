@@ -17,6 +17,20 @@ public enum PageDigest {
         }
         return any == 0 ? nil : h
     }
+
+    /// Each page's digest into `digests` (0 for a page of zeros): made once for a request whose
+    /// pages both the tracker and write elision look up.
+    public static func fill(_ bytes: UnsafeRawBufferPointer, into digests: UnsafeMutableBufferPointer<UInt64>) {
+        let pages = bytes.count / pageSize
+        precondition(digests.count >= pages)
+        for i in 0..<pages { digests[i] = of(UnsafeRawBufferPointer(rebasing: bytes[(i * pageSize)..<((i + 1) * pageSize)])) ?? 0 }
+    }
+
+    /// Page `i`'s digest: from `digests` if given (0: zeros, none), else computed.
+    static func digest(_ bytes: UnsafeRawBufferPointer, page i: Int, _ digests: UnsafeBufferPointer<UInt64>?) -> UInt64? {
+        if let digests { return digests[i] == 0 ? nil : digests[i] }
+        return of(UnsafeRawBufferPointer(rebasing: bytes[(i * pageSize)..<((i + 1) * pageSize)]))
+    }
 }
 
 /// What the tracker counted for one VM.
@@ -79,14 +93,15 @@ public final class DoublePagingTracker: Sendable {
         state.withLock { $0.hostSwapOutBytes &+= UInt64(bytes) }
     }
 
-    /// The host read `buffer` (whole pages) back from its swap at `now` (seconds, any monotonic clock).
-    public func hostSwappedIn(_ buffer: UnsafeRawBufferPointer, now: Double) {
+    /// The host read `buffer` (whole pages) back from its swap at `now` (seconds, any monotonic
+    /// clock). `digests`: its pages' (`PageDigest.fill`), if already made.
+    public func hostSwappedIn(_ buffer: UnsafeRawBufferPointer, digests: UnsafeBufferPointer<UInt64>? = nil, now: Double) {
         let pages = buffer.count / PageDigest.pageSize
         state.withLock { s in
             s.hostSwapInBytes &+= UInt64(buffer.count)
             expire(&s, now: now)
             for p in 0..<pages {
-                guard let d = PageDigest.of(UnsafeRawBufferPointer(rebasing: buffer[(p * PageDigest.pageSize)..<((p + 1) * PageDigest.pageSize)])) else { continue }
+                guard let d = PageDigest.digest(buffer, page: p, digests) else { continue }
                 if s.count == capacity { dropOldest(&s) }
                 s.order[(s.head + s.count) % capacity] = (now, d)
                 s.count += 1
@@ -97,9 +112,10 @@ public final class DoublePagingTracker: Sendable {
 
     /// VM `vm`'s guest wrote `buffer` (whole pages) to its swap device at `now`. Returns the number
     /// of double-paging events among them; `event` is told the index of each such page.
+    /// `digests`: its pages' (`PageDigest.fill`), if already made.
     @discardableResult
-    public func guestSwappedOut(vm: String, _ buffer: UnsafeRawBufferPointer, now: Double,
-                                event: ((Int) -> Void)? = nil) -> Int {
+    public func guestSwappedOut(vm: String, _ buffer: UnsafeRawBufferPointer, digests: UnsafeBufferPointer<UInt64>? = nil,
+                                now: Double, event: ((Int) -> Void)? = nil) -> Int {
         let pages = buffer.count / PageDigest.pageSize
         var found: [Int] = []
         state.withLock { s in
@@ -107,8 +123,7 @@ public final class DoublePagingTracker: Sendable {
             var c = s.perVM[vm] ?? DoublePagingCounters()
             c.guestSwapOutBytes &+= UInt64(buffer.count)
             for p in 0..<pages {
-                guard let d = PageDigest.of(UnsafeRawBufferPointer(rebasing: buffer[(p * PageDigest.pageSize)..<((p + 1) * PageDigest.pageSize)])),
-                      let t = s.recent[d], now - t <= window else { continue }
+                guard let d = PageDigest.digest(buffer, page: p, digests), let t = s.recent[d], now - t <= window else { continue }
                 s.recent[d] = nil  // consumed: that swap-in has fed its one swap-out
                 c.events += 1
                 c.redundantReadBytes &+= UInt64(PageDigest.pageSize)

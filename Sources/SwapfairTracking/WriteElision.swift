@@ -201,9 +201,11 @@ public final class WriteElision: @unchecked Sendable {
         }
     }
 
-    /// The host read `buffer` (the request's pages) from `runs`: keep copies.
-    public func hostRead(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer) {
-        state.withLock { s in keep(&s, runs, buffer, digests: nil, written: false) }
+    /// The host read `buffer` (the request's pages) from `runs`: keep copies. `digests`: the
+    /// request's pages' (`PageDigest.fill`), if already made.
+    public func hostRead(_ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer,
+                         digests: UnsafeMutableBufferPointer<UInt64>? = nil) {
+        state.withLock { s in keep(&s, runs, buffer, digests: digests, written: false) }
     }
 
     private func keep(_ s: inout State, _ runs: UnsafeMutableBufferPointer<Run>.SubSequence, _ buffer: UnsafeRawBufferPointer,
@@ -250,7 +252,8 @@ public final class WriteElision: @unchecked Sendable {
     /// reads and writes becomes a reference and needs no writing; the others must be written (and
     /// their blocks released once written, see `guestOverwrote`). `elided` is told each elided
     /// page's index and whether its copy came from a host write (else from a host read).
-    public func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer,
+    /// `digests`: the pages' (`PageDigest.fill`), if already made.
+    public func guestWrite(vm: String, offset: UInt64, _ bytes: UnsafeRawBufferPointer, digests given: UnsafeBufferPointer<UInt64>? = nil,
                            elided report: ((Int, Bool) -> Void)? = nil) -> ElisionResult {
         let pages = bytes.count / Self.pageSize
         guard pages > 0, offset % UInt64(Self.pageSize) == 0, bytes.count % Self.pageSize == 0,
@@ -258,9 +261,7 @@ public final class WriteElision: @unchecked Sendable {
         // Digests outside the lock: they are the costly part.
         var digests: [UInt64?] = []
         digests.reserveCapacity(pages)
-        for i in 0..<pages {
-            digests.append(PageDigest.of(UnsafeRawBufferPointer(rebasing: bytes[(i * Self.pageSize)..<((i + 1) * Self.pageSize)])))
-        }
+        for i in 0..<pages { digests.append(PageDigest.digest(bytes, page: i, given)) }
         guard digests.contains(where: { $0 != nil }) else { return .none }
         let first = Int(offset / UInt64(Self.pageSize))
         var elided = [Bool](repeating: false, count: pages), fromWrite = elided

@@ -36,8 +36,9 @@ public final class UblkDevice: @unchecked Sendable {
     /// `recover`, the id of a device a previous server of this target made: if that server died
     /// and the kernel holds the device quiesced, it is taken over instead (the block device, and
     /// whatever swap is on it, lives on; held requests are issued again to this server).
+    /// `threadName`: the queue thread's name.
     public init(target: any UblkTarget, queueDepth requestedDepth: Int = 64, maxIOBytes requestedMax: Int = 512 << 10,
-                recover previous: UInt32? = nil) throws(UblkError) {
+                recover previous: UInt32? = nil, threadName: String = "ublk-queue") throws(UblkError) {
         let control = try UblkControl()
         let began = monotonicSeconds()
         var id = UInt32.max, queueDepth = requestedDepth, maxIOBytes = requestedMax
@@ -119,7 +120,7 @@ public final class UblkDevice: @unchecked Sendable {
             undo()
             throw error
         }
-        queue.start()
+        queue.start(name: threadName)
         queue.fetched.wait()
         if let e = queue.startError {
             queue.finished.wait()
@@ -151,6 +152,27 @@ public final class UblkDevice: @unchecked Sendable {
     /// Whether a process with this id exists (EPERM means it does, owned by somebody else).
     static func processExists(_ pid: Int32) -> Bool {
         pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)
+    }
+
+    /// Ends the queue's thread once the requests it started are answered, and lets go of the
+    /// device without stopping it: with user recovery the kernel holds its requests until a new
+    /// server takes it over (`init(recover:)`), as after a crash.
+    public func detach() {
+        guard !stopped else { return }
+        stopped = true
+        queue.requestStop()
+        queue.finished.wait()
+        queue.unmap()
+        close(cdev)
+    }
+
+    /// Stops and deletes a device this process does not serve (one a previous server left); a
+    /// device that is gone already is no error. Deleting waits until nothing holds it open.
+    public static func remove(id: UInt32) throws(UblkError) {
+        let control = try UblkControl()
+        guard try control.info(device: id) != nil else { return }
+        try? control.stop(device: id)
+        try control.delete(device: id)
     }
 
     /// Ends the queue's thread (closing its ring cancels the requests it was waiting for), then

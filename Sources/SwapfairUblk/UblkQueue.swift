@@ -32,6 +32,17 @@ final class UblkQueue: @unchecked Sendable {
     let stopRead: Int32, stopWrite: Int32
     let stopBuffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
     static let stopTag = UInt64.max
+    /// Answers to requests the target took as pending, posted from other threads; a pipe whose
+    /// read sits in the ring wakes the thread for them.
+    let answers: UblkAnswers
+    let answerBuffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+    static let answerTag = UInt64.max - 1
+    /// Each tag's way to answer (made once, so that answering allocates nothing).
+    let completions: [UblkCompletion]
+    /// Requests the target took as pending and has not answered yet.
+    var pendingCount = 0
+    /// The answers being handled (swapped with the posted ones, so that neither side allocates).
+    var answered: [(tag: Int, result: Int32)] = []
     /// Signalled once every tag's first fetch is submitted (the device may be started then), and
     /// again when the thread ends.
     let fetched = DispatchSemaphore(value: 0)
@@ -107,6 +118,20 @@ final class UblkQueue: @unchecked Sendable {
         unissued.reserveCapacity(depth)
         stopRead = fds[0]
         stopWrite = fds[1]
+        var answerFDs: [Int32] = [0, 0]
+        guard pipe(&answerFDs) == 0 else {
+            let e = Errno(rawValue: errno)
+            munmap(d, descriptorBytes)
+            free(b)
+            close(fds[0])
+            close(fds[1])
+            throw .system(SysError("pipe", "ublk queue answers", e))
+        }
+        for fd in answerFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        let answers = UblkAnswers(read: answerFDs[0], write: answerFDs[1], capacity: depth)
+        self.answers = answers
+        completions = (0..<depth).map { tag in UblkCompletion { answers.post(tag: tag, result: $0) } }
+        answered.reserveCapacity(depth)
     }
 
     private var mapped = true
@@ -124,6 +149,7 @@ final class UblkQueue: @unchecked Sendable {
         close(stopRead)
         close(stopWrite)
         stopBuffer.deallocate()
+        answerBuffer.deallocate()
         tags.deallocate()
         transferSlots.deallocate()
         scratch.deallocate()
@@ -135,8 +161,9 @@ final class UblkQueue: @unchecked Sendable {
         _ = write(stopWrite, &one, 1)
     }
 
-    func start() {
-        startThread(named: "ublk-queue") { [self] in
+    /// `name`: the thread's, as `top -H` shows it (at most 15 bytes are kept).
+    func start(name: String) {
+        startThread(named: name) { [self] in
             run()
             finished.signal()
         }
@@ -166,6 +193,7 @@ final class UblkQueue: @unchecked Sendable {
             return
         }
         ring.prepare(.readWake(fd: stopRead, buffer: stopBuffer, length: 8), userData: Self.stopTag)
+        ring.prepare(.readWake(fd: answers.readFD, buffer: answerBuffer, length: 8), userData: Self.answerTag)
         for tag in 0..<depth { _ = queueCommand(ring, UblkCommand.fetchRequest, tag: tag, result: 0) }
         do { try ring.submit() } catch {
             startError = .system(error)
@@ -175,7 +203,8 @@ final class UblkQueue: @unchecked Sendable {
         fetched.signal()
         var aborted = 0
         var stop = false
-        while (aborted < depth && !stop) || transfersInFlight > 0 {
+        // Pending requests are waited for too: their buffers are the queue's.
+        while (aborted < depth && !stop) || transfersInFlight > 0 || pendingCount > 0 {
             // Wait for a completion, unless transfers wait that only a full submission queue held
             // back: the commits just made may bring no completion until those transfers do.
             let wait: UInt32 = unissued.isEmpty || transfersInFlight >= transferLimit ? 1 : 0
@@ -188,6 +217,14 @@ final class UblkQueue: @unchecked Sendable {
             ring.drainCompletions { data, res in
                 if data == Self.stopTag {
                     stop = true
+                } else if data == Self.answerTag {
+                    ring.prepare(.readWake(fd: answers.readFD, buffer: answerBuffer, length: 8), userData: Self.answerTag)
+                    answers.take(into: &answered)
+                    for a in answered {
+                        pendingCount -= 1
+                        end(ring, tag: a.tag, result: a.result)
+                    }
+                    answered.removeAll(keepingCapacity: true)
                 } else if data & Self.transferFlag != 0 {
                     transferDone(ring, tag: Int(data & 0xffff), index: Int((data >> 16) & 0xffff), result: res)
                 } else if res != UBLK_IO_RES_OK {
@@ -228,7 +265,7 @@ final class UblkQueue: @unchecked Sendable {
     func request(_ tag: Int) -> UblkRequest {
         let t = tags[tag]
         return UblkRequest(kind: t.kind, offset: t.offset, length: t.length, buffer: buffers + tag * bufferSize,
-                           scratch: scratch + tag * scratchStride)
+                           scratch: scratch + tag * scratchStride, completion: completions[tag])
     }
 
     func begin(_ ring: SwapfairIO.IORing, tag: Int) {
@@ -237,6 +274,8 @@ final class UblkQueue: @unchecked Sendable {
         switch target.start(r, transfers: &transfers) {
         case .done(let result):
             end(ring, tag: tag, result: result)
+        case .pending:
+            pendingCount += 1
         case .transfer where transfers.count == 0:
             end(ring, tag: tag, result: target.finish(r, result: Int32(r.length)))
         case .transfer where target.transfersInline:
@@ -314,6 +353,47 @@ final class UblkQueue: @unchecked Sendable {
         for _ in 0..<100 {
             if queueCommand(ring, UblkCommand.commitAndFetchRequest, tag: tag, result: result) { return }
             _ = try? ring.submit()
+        }
+    }
+}
+
+/// Answers to pending requests, from whichever threads give them, for the queue's thread.
+final class UblkAnswers: Sendable {
+    /// A pipe whose read sits in the queue's ring: a byte in it means answers wait.
+    let readFD: Int32, writeFD: Int32
+    private let posted: Mutex<(items: [(tag: Int, result: Int32)], signalled: Bool)>
+
+    init(read: Int32, write: Int32, capacity: Int) {
+        readFD = read
+        writeFD = write
+        var items: [(tag: Int, result: Int32)] = []
+        items.reserveCapacity(capacity)
+        posted = Mutex((items, false))
+    }
+
+    deinit {
+        close(readFD)
+        close(writeFD)
+    }
+
+    /// Queues an answer; the pipe gets one byte until the queue takes what is there.
+    func post(tag: Int, result: Int32) {
+        let signal = posted.withLock { p -> Bool in
+            p.items.append((tag, result))
+            defer { p.signalled = true }
+            return !p.signalled
+        }
+        if signal {
+            var one: UInt8 = 1
+            _ = write(writeFD, &one, 1)
+        }
+    }
+
+    /// Swaps the posted answers into `spare` (empty, with room for a queue's worth).
+    func take(into spare: inout [(tag: Int, result: Int32)]) {
+        posted.withLock { p in
+            swap(&p.items, &spare)
+            p.signalled = false
         }
     }
 }

@@ -1,4 +1,6 @@
+import Dispatch
 import SwapfairIO
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -8,13 +10,23 @@ public enum UblkRequestKind: Sendable { case read, write, flush, discard, writeZ
 
 /// One request as a target sees it: `length` bytes at byte `offset` (within the target's size),
 /// on the tag's buffer, with the tag's own scratch (`UblkTarget.scratchBytes`, kept from `start`
-/// to `finish`).
+/// to `finish`). A target that answers later (`UblkStart.pending`) calls `completion` once.
 public struct UblkRequest {
     public let kind: UblkRequestKind
     public let offset: UInt64
     public let length: Int
     public let buffer: UnsafeMutableRawPointer
     public let scratch: UnsafeMutableRawPointer
+    public var completion = UblkCompletion.unused
+}
+
+/// The answer to a request its target took with `.pending`: called once, from any thread, with
+/// the request's result (as `start`'s `.done` would have it). The buffer is the target's until then.
+public struct UblkCompletion: Sendable {
+    let post: @Sendable (Int32) -> Void
+    public init(_ post: @escaping @Sendable (Int32) -> Void) { self.post = post }
+    public func callAsFunction(_ result: Int32) { post(result) }
+    static let unused = UblkCompletion { _ in preconditionFailure("a ublk request answered twice, or outside a queue") }
 }
 
 /// One file transfer of a request: `length` bytes between the request's buffer (from
@@ -77,9 +89,10 @@ public struct UblkTransfers {
     }
 }
 
-/// How a target takes a request: done at once (the result), or file transfers for the queue to
-/// run on its ring, after which it calls `finish`.
-public enum UblkStart: Equatable { case done(Int32), transfer }
+/// How a target takes a request: done at once (the result), file transfers for the queue to run
+/// on its ring (after which it calls `finish`), or pending: the target answers through the
+/// request's `completion` later (work handed to another thread, such as the swap engine).
+public enum UblkStart: Equatable { case done(Int32), transfer, pending }
 
 /// What a ublk device's blocks are: where its requests are served. The queue has many requests
 /// in flight at once, but never two whose ranges overlap: a target may keep per-slot state between
@@ -124,9 +137,28 @@ extension UblkTarget {
             scratch.deallocate()
             slots.deallocate()
         }
-        let request = UblkRequest(kind: kind, offset: offset, length: length, buffer: buffer, scratch: scratch)
+        let answer = PendingAnswer()
+        var request = UblkRequest(kind: kind, offset: offset, length: length, buffer: buffer, scratch: scratch)
+        request.completion = UblkCompletion { answer.give($0) }
         var transfers = UblkTransfers(base: slots, capacity: room)
-        if case .done(let r) = start(request, transfers: &transfers) { return r }
-        return finish(request, result: transfers.runNow(request))
+        switch start(request, transfers: &transfers) {
+        case .done(let r): return r
+        case .pending: return answer.wait()
+        case .transfer: return finish(request, result: transfers.runNow(request))
+        }
+    }
+}
+
+/// One pending request's answer, waited for by `serve`.
+private final class PendingAnswer: Sendable {
+    private let result = Mutex<Int32>(0)
+    private let given = DispatchSemaphore(value: 0)
+    func give(_ r: Int32) {
+        result.withLock { $0 = r }
+        given.signal()
+    }
+    func wait() -> Int32 {
+        given.wait()
+        return result.withLock { $0 }
     }
 }

@@ -6,7 +6,8 @@ while the guest swaps pages to its own disk. One run per configuration, the same
   plain     no swapfair: host swap on the lab's swap disk, the guest's swap on a plain device
             (null_blk, in RAM)
   tracking  swapfair serves both: the host's swap over ublk (the same disk, whole) and the
-            guest's swap on its NBD export (kernel nbd client, volume in RAM like null_blk); the
+            guest's swap, its volume in RAM like null_blk, as a ublk block device (`ublk = true`, as
+            a VMM would open it; DP_GUEST=nbd: the NBD export through the kernel's nbd client); the
             double-paging tracker matches host swap-ins against guest swap-outs
   avoidance tracking, write elision (a guest swap-out of a page the host just read back becomes a
             reference to the host's block) and reclaim shifting (the whole daemon manages the
@@ -37,6 +38,12 @@ CONFIGS = os.environ.get("DP_CONFIGS", "plain tracking avoidance").split()
 WINDOW = os.environ.get("DP_WINDOW", "")
 # DP_SECONDS: a longer run (reclaim shifting pays for its move only over time; see the avoidance checks).
 RAM, PAGES, HOST_HIGH, SECONDS = "96M", "192M", 64 * MiB, int(os.environ.get("DP_SECONDS", "40"))
+# How the guest reaches its swap volume: "ublk" (its block device) or "nbd" (its export, kernel client).
+GUEST = os.environ.get("DP_GUEST", "ublk")
+# The lab's swap disk is an image in the host's page cache behind an emulated CPU: a request costs
+# it little beside the CPU work around it, where a real disk makes the CPU wait. LAB_SWAP_DELAY
+# (run-guest.sh) gives each of its requests a latency; the table says which.
+DISK_DELAY = os.environ.get("LAB_SWAP_DELAY", "")
 
 
 def vmstat():
@@ -233,14 +240,40 @@ def start_daemon(conf, logpath, detected_path, control=False):
                             stdout=logf, stderr=logf)
 
 
-def wait_for(logpath, word, n=1, seconds=60):
-    """Waits until the daemon's log holds `word` n times and the guest's socket exists."""
+def wait_for(logpath, words, seconds=60):
+    """Waits until the daemon's log holds each of `words` and the guest's socket exists."""
     for _ in range(int(seconds * 10)):
         text = open(logpath).read()
-        if text.count(word) >= n and os.path.exists("/run/swapfair/nbd/dp.sock"):
+        if all(w in text for w in words) and os.path.exists("/run/swapfair/nbd/dp.sock"):
             return text
         time.sleep(0.1)
     return None
+
+
+def logged_device(text, what):
+    """The device= of the log's first line that says `what`."""
+    for line in (text or "").splitlines():
+        if what in line:
+            return next((w.split("=", 1)[1] for w in line.split() if w.startswith("device=")), None)
+    return None
+
+
+def remove_guest_device(conf):
+    """A daemon leaves the guest's block device for the next one (its I/O held meanwhile): one more
+    start, with the device out of the configuration, removes it before the next configuration."""
+    with open(conf + ".cleanup", "w") as fh:
+        fh.write(open(conf).read().replace(", ublk = true", ""))
+    logpath = conf + ".cleanup.log"
+    d = subprocess.Popen([os.path.join(BIN, "swapfaird"), "--config", conf + ".cleanup", "--socket", "/run/swapfair/dp.sock",
+                          "--swap-only"], stdout=open(logpath, "w"), stderr=subprocess.STDOUT)
+    wait_for(logpath, ["ublk device of a VM no longer served"], seconds=60)
+    d.terminate()
+    try:
+        d.wait(60)
+    except subprocess.TimeoutExpired:
+        log(f"the daemon that removed the guest's block device did not stop on SIGTERM within 60 s: {open(logpath).read()[-300:]}")
+        d.kill()
+        d.wait()
 
 
 def run_swapfair(c, name, disk, elision=False, shifting=False):
@@ -262,21 +295,29 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
             # swap budget is given because the host's swap (the ublk device) is not on yet when
             # the daemon starts.
             fh.write(f'memory_budget = "{HOST_HIGH >> 20}M"\nswap_budget = "1G"\nminimum_size = "32M"\n')
-        fh.write('[[vm]]\nname = "dp"\nswap_device = { size = "256M" }\n')
+        fh.write('[[vm]]\nname = "dp"\nswap_device = { size = "256M"' + (', ublk = true' if GUEST == "ublk" else "") + ' }\n')
         if shifting:
             fh.write(f'cgroup = "{GROUP}"\nballoon_qmp = "{BALLOON}"\n')
     detected_path = f"/tmp/dp-detected-{name}.txt"
     logpath = os.path.join(OUT, f"dp-daemon-{name}.log")
     restart_log = os.path.join(OUT, f"dp-daemon-{name}.after-restart.log")
     d = start_daemon(conf, logpath, detected_path, control=shifting)
-    text = wait_for(logpath, "device=/dev/ublkb")
-    dev = next((w.split("=", 1)[1] for w in (text or "").split() if w.startswith("device=/dev/ublkb")), None)
+    ready = ["host swap device ready"] + (["VM swap block device ready"] if GUEST == "ublk" else [])
+    text = wait_for(logpath, ready)
+    dev = logged_device(text, "host swap device")
     swapped_on = dev is not None and subprocess.run(f"mkswap {dev} >/dev/null && swapon {dev}", shell=True).returncode == 0
     c.check(swapped_on, f"{name}: the host swaps to swapfaird's ublk device ({dev})")
     nbd = ["nbd-client", "-u", "-N", "dp", "/run/swapfair/nbd/dp.sock", "/dev/nbd1", "-b", "4096"]
-    attach = subprocess.run(nbd, capture_output=True, text=True)
-    if not c.check(swapped_on and attach.returncode == 0,
-                   f"{name}: the guest's swapfair export is attached as /dev/nbd1 {attach.stderr.strip()[-200:]}"):
+    if GUEST == "ublk":
+        guest_disk = logged_device(text, "VM swap block device")
+        attached = guest_disk is not None
+        what = f"{name}: the guest's swap disk is swapfaird's block device of its volume ({guest_disk})"
+    else:
+        guest_disk = "/dev/nbd1"
+        attach = subprocess.run(nbd, capture_output=True, text=True)
+        attached = attach.returncode == 0
+        what = f"{name}: the guest's swapfair export is attached as /dev/nbd1 {attach.stderr.strip()[-200:]}"
+    if not c.check(swapped_on and attached, what):
         d.kill()
         return None
     truth_path = f"/tmp/dp-truth-{name}.jsonl"
@@ -291,20 +332,23 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
 
     def crash():
         # The kernel's nbd client cannot be attached again under a device that is open, so the
-        # pager lets go of it first; host swap keeps flowing through ublk meanwhile.
+        # pager lets go of it first (its block device needs no such care, but is treated alike);
+        # host swap keeps flowing through ublk meanwhile.
         nonlocal d
         # The status is a snapshot swapfaird publishes once a tick (1 s): read it only after a
         # tick has passed since the pager's last swap-out.
         time.sleep(1.5)
         status.update(read_status())
-        subprocess.run(["nbd-client", "-d", "/dev/nbd1"], capture_output=True)
+        if GUEST == "nbd":
+            subprocess.run(["nbd-client", "-d", "/dev/nbd1"], capture_output=True)
         inswap = next((int(l.split()[3]) * 1024 for l in open("/proc/swaps") if l.startswith(dev)), 0)
         d.kill()
         d.wait()
         # A log of its own: lines the restarted daemon appended to the first one's log (on the
         # lab's 9p share) went missing now and then, always its first ones.
         d = start_daemon(conf, restart_log, detected_path + ".after-restart", control=shifting)
-        text = wait_for(restart_log, "device=/dev/ublkb", n=1, seconds=90) or open(restart_log).read()
+        text = wait_for(restart_log, ["device=/dev/ublkb"] + (["VM swap block device"] if GUEST == "ublk" else []),
+                        seconds=90) or open(restart_log).read()
         rebuilt = [l for l in text.splitlines() if "write elision" in l][-1:]
         logged = "taken over from the previous daemon" in text
         # The device still in use as swap under the live restarted daemon counts as well (the
@@ -312,11 +356,13 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         # missing once, when it appended to the first daemon's log.
         in_use = d.poll() is None and any(l.startswith(dev) for l in open("/proc/swaps"))
         restart.update({"host_in_swap": inswap, "taken_over": logged or in_use, "logged": logged,
-                        "rebuilt": rebuilt[0] if rebuilt else "", "reattached": subprocess.run(nbd, capture_output=True).returncode == 0})
+                        "rebuilt": rebuilt[0] if rebuilt else "",
+                        "reattached": "VM swap block device taken over" in text if GUEST == "ublk"
+                        else subprocess.run(nbd, capture_output=True).returncode == 0})
 
     cpu = CPUWatch()
     cpu.watch(d.pid, "swapfaird")
-    r = run_guest(name, "/dev/nbd1", truth=truth_path, paused=crash if elision else None,
+    r = run_guest(name, guest_disk, truth=truth_path, paused=crash if elision else None,
                   extra=["--balloon", BALLOON] if shifting else [], cpu=cpu)
     if not elision:
         status = read_status()
@@ -338,6 +384,8 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         d.wait(60)
     except subprocess.TimeoutExpired:
         d.kill()
+    if GUEST == "ublk":
+        remove_guest_device(conf)
     text = open(logpath).read().splitlines() + (open(restart_log).read().splitlines() if os.path.exists(restart_log) else [])
     r["stop_log"] = [l for l in text if "accounting at stop" in l][-1:]
     r["shift_log"] = [l for l in text if "reclaim shift" in l]
@@ -352,6 +400,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     log("\n=== double paging: a guest with its own swap under a host memory limit ===")
     results = {}
+    disk = next((l.split()[0] for l in open("/proc/swaps") if l.startswith("/dev/vd")), None)
     # plain: a RAM-backed block device as the guest's swap disk.
     subprocess.run(["modprobe", "-r", "null_blk"], stderr=subprocess.DEVNULL)
     subprocess.run(["modprobe", "null_blk", "nr_devices=1", "memory_backed=1", "gb=1", "bs=4096", "queue_mode=2"], check=True)
@@ -365,7 +414,6 @@ def main():
     # tracking: swapfaird serves the host's swap (ublk, on the lab's swap disk itself, borrowed
     # whole) and the guest's (NBD, its volume in RAM like null_blk). elision: the same, with write
     # elision on, and swapfaird SIGKILLed and restarted between the run and the verify pass.
-    disk = next((l.split()[0] for l in open("/proc/swaps") if l.startswith("/dev/vd")), None)
     subprocess.run(["swapoff", "-a"], check=True)
     subprocess.run(["modprobe", "ublk_drv"], stderr=subprocess.DEVNULL)
     subprocess.run(["modprobe", "nbd"], check=True)
@@ -394,7 +442,8 @@ def main():
            "DETECTED", "PRECISION pagemap", "RECALL pagemap", "PRECISION mincore", "RECALL mincore", "REDUNDANT READ",
            "FALSE READS", "ACCESSES/S", "GUEST FAULT P99", "EXPORT WROTE", "ELIDED"], rows)
     log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, skewed, 30% writes, "
-        f"{SECONDS} s; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
+        f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}; "
+        f"host swap disk {f'with {DISK_DELAY} more a request (LAB_SWAP_DELAY)' if DISK_DELAY else 'as it is'}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
         "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "
@@ -480,7 +529,8 @@ def main():
             log(f"{name}: NOTE: the restarted daemon serves the host swap device, but its log had no take-over line "
                 f"within 90 s; " + (f"it came later: {late[:240]}" if late else "none by the end of the run"))
         c.check(rs.get("taken_over") and rs.get("reattached"),
-                f"{name}: the restarted swapfaird took the host swap device over and the guest's export was attached again "
+                f"{name}: the restarted swapfaird took the host swap device over and the guest's "
+                f"{'block device over' if GUEST == 'ublk' else 'export was attached again'} "
                 f"({'logged' if rs.get('logged') else 'device still in use as swap under the live daemon'})")
         c.check("shared-block accounting rebuilt" in rs.get("rebuilt", ""),
                 f"{name}: the restarted daemon rebuilt the shared-block accounting from its tables with no disagreement")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-kernel tests: builds swapfair (release), then
 #   1. one guest: the capability check, the kernel NBD client swapping to a swapfair export
-#      (swapdev.sh), the host's swap served over ublk (ublk.sh), the controller's end-to-end scenarios (scenarios.py [SCENARIO...]) and the
+#      (swapdev.sh), the host's swap served over ublk (ublk.sh), a VM's swap volume as a ublk block device
+#      (vmblock.sh), the controller's end-to-end scenarios (scenarios.py [SCENARIO...]) and the
 #      double-paging measurement (double_paging.py; named "double_paging" among the scenarios);
 #   2. a second guest whose swap disk is an export of a swapfaird on this host, killed and
 #      restarted midway (guest-swap.sh; skipped when scenarios are named);
@@ -31,6 +32,8 @@ LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB
         bash Tests/Lab/swapdev.sh 2>&1 | grep --line-buffered -vE '^(Setting up|no label)'
         echo; echo '=== the host swaps to swapfaird over ublk ==='
         bash Tests/Lab/ublk.sh 2>&1 | grep --line-buffered -vE '^(Setting up|no label)'
+        echo; echo '=== a VM swap volume served as a ublk block device ==='
+        bash Tests/Lab/vmblock.sh 2>&1 | grep --line-buffered -vE '^(Setting up|no label)'
         if [ $run_scenarios = 1 ]; then python3 Tests/Lab/scenarios.py $scenarios; fi
         if [ $dp = 1 ]; then python3 Tests/Lab/double_paging.py; fi" 2>&1 | tee "$LAB_OUT/guest1.log"
 if [ $# = 0 ]; then

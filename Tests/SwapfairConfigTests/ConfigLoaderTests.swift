@@ -114,6 +114,8 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         (#"[[vm]]\#nname = "a"\#nguest_memory = "4G""#, "guest_memory: is for reclaim shifting: give balloon_qmp too"),
         (#"[[vm]]\#nname = "a"\#nballoon_qmp = "/run/a.qmp"\#nguest_memory = "10%""#, "guest_memory: must be a size"),
         (#"[[vm]]\#nname = "a"\#nbaloon_qmp = "/run/a.qmp""#, #"did you mean "balloon_qmp"?"#),
+        (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G", ublk = "yes" }"#, "vm[1] \"a\".swap_device.ublk: must be true or false"),
+        (#"[[vm]]\#nname = "a"\#nswap_device = { size = "1G", ubkl = true }"#, #"did you mean "ublk"?"#),
     ])
     func badConfigurationsAreRefusedWithTheirLineAndKey(text: String, expected: String) {
         do {
@@ -143,6 +145,19 @@ func load(_ text: String) throws(ConfigError) -> SwapfairConfiguration {
         #expect(c.vms[0].balloonQMP == "/run/qemu/web.qmp")
         #expect(c.vms[0].guestMemory == 4 << 30)
         #expect(c.vms[1].balloonQMP == nil && c.vms[1].guestMemory == nil)
+    }
+
+    @Test func aSwapDeviceIsAlsoABlockDeviceWhenAskedFor() throws {
+        let c = try load("""
+            [[vm]]
+            name = "web"
+            swap_device = { size = "2G", weight = 200, users = ["qemu"], groups = [107], ublk = true }
+            [[vm]]
+            name = "db"
+            swap_device = { size = "1G" }
+            """)
+        #expect(c.vms[0].swapDevice == SwapDeviceConfig(size: 2 << 30, weight: 200, users: ["qemu"], groups: ["107"], ublk: true))
+        #expect(c.vms[1].swapDevice?.ublk == false)
     }
 
     @Test func swapPrefetchIsARateOrOff() throws {

@@ -77,6 +77,30 @@ import SwapfairTestSupport
         #expect(!table.contains("quiet 0"))
     }
 
+    /// A VM's ublk block device travels in the JSON and is named under the swap devices' table.
+    @Test func aSwapDevicesBlockDeviceTravelsAndRenders() throws {
+        func vm(_ name: String, block: String?) -> StatusReport.VM {
+            var d = StatusReport.SwapDevice(socket: "/run/swapfair/nbd/\(name).sock", size: GiB, allocated: 0, connections: 0,
+                                            reads: 0, writes: 0, readBytes: 0, writeBytes: 0, errors: 0, queued: 0, inFlight: 0,
+                                            iops: 0, bytesPerSecond: 0, reservationMet: nil, doublePagingEvents: nil,
+                                            redundantReadBytes: nil, redundantWriteBytes: nil)
+            d.blockDevice = block
+            return StatusReport.VM(name: name, state: "running", cgroup: "-", weight: 100, reservation: 0, limit: nil,
+                                   demand: 0, entitled: 0, memoryHigh: nil, memoryCurrent: 0, swapCurrent: 0, swapMax: nil,
+                                   stall: 0, pressureAvg10: nil, activeFraction: nil, highEvents: 0, oomKills: 0,
+                                   lastDecision: nil, swapDevice: d, reclaimShift: nil, prefetched: nil)
+        }
+        let report = StatusReport(daemon: StatusReport.Daemon(
+            version: "t", pid: 1, config: "c", backend: "none", activity: "-", cgroupRoot: "-", intervalSeconds: 1, ticks: 1,
+            uptimeSeconds: 1, memoryBudget: 0, swapBudget: 0, lastTickMilliseconds: 0),
+            vms: [vm("web", block: "/dev/ublkb3"), vm("db", block: nil)])
+        let json = report.json()
+        #expect(json.contains("\"block_device\"") && json.contains("ublkb3"), "\(json)")
+        #expect(try StatusReport.decode(Array(json.utf8)) == report)
+        let table = StatusTable.render(report)
+        #expect(table.contains("also as ublk block devices: web /dev/ublkb3\n"), "\(table)")
+    }
+
     @Test func unknownRequestsGetAnError() throws {
         let path = socketPath()
         let server = try ControlServer(path: path, board: StatusBoard(), allowedGroup: nil, logger: LogCapture().logger())

@@ -69,6 +69,29 @@ func tool(_ name: String) throws -> String {
 }
 
 @Suite(.serialized) struct SwapDeviceTests {
+    /// `ublk = true` on a kernel without ublk: the daemon refuses to start, naming the VM, the
+    /// key and what is missing, rather than serve the VM without the device it was told to use.
+    @Test(.enabled(if: access("/dev/ublk-control", F_OK) != 0, "this kernel has ublk: the lab tests the device"))
+    func aBlockDeviceWithoutUblkInTheKernelIsRefusedClearly() throws {
+        let dir = "/tmp/swapfair-sd-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try """
+            [host]
+            state_dir = "\(dir)/state"
+            nbd_dir = "\(dir)/nbd"
+            [[vm]]
+            name = "web"
+            swap_device = { size = "16M", ublk = true }
+            """.write(toFile: dir + "/swapfair.toml", atomically: false, encoding: .utf8)
+        let r = try run(productsDirectory() + "/swapfaird", ["--config", dir + "/swapfair.toml", "--socket", dir + "/ctl.sock",
+                                                             "--swap-only", "--allow-fake-root"])
+        #expect(r.status != 0)
+        #expect(r.output.contains("VM web: cannot serve its swap volume as a ublk block device (ublk = true): the kernel has no ublk"),
+                "\(r.output)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/nbd/web.sock"))
+    }
+
     @Test func nbdinfoSeesTheExportAndItsBlockSizes() throws {
         let d = try SwapDaemon(volumes: [("web", "64M")])
         let r = try run(try tool("nbdinfo"), ["--json", d.uri("web")])

@@ -36,9 +36,9 @@ import Logging
                                      guests: ["g": try BlockTable(path: dir + "/vm-g.refs", count: 32),
                                               SharedBlockMap.hostReferences: try BlockTable(path: dir + "/host.refs", count: 48)])
             let e = WriteElision(map: map, hostFD: host.fd)
-            let t = ElidingTarget(inner: VolumeTarget(volume: host), tracker: DoublePagingTracker(window: 60), elision: e,
-                                  slots: 48, maxIOBytes: 8 * 4096)
-            return (e, t, ElisionSharing(elision: e))
+            let tracker = DoublePagingTracker(window: 60)
+            let t = ElidingTarget(inner: VolumeTarget(volume: host), tracker: tracker, elision: e, slots: 48, maxIOBytes: 8 * 4096)
+            return (e, t, ElisionSharing(elision: e, tracker: tracker))
         }
 
         /// What a restarted daemon has: the same files, everything else rebuilt.
@@ -107,6 +107,10 @@ import Logging
         #expect(r.ownBlock(4, pages: 2) == [UInt8](repeating: 0, count: 2 * 4096))
         #expect(r.guestRead(block: 4, pages: 2) == Rig.expected([2, 3]))
         #expect(r.elision.counters()["g"]?.elidedBytes == 2 * 4096)
+        // The same guest write told the tracker (one digest of each page served both): the host
+        // read back pages 2 and 3 only for the guest to write them out, two events.
+        #expect(r.target.tracker.counters()["g"]?.events == 2)
+        #expect(r.target.tracker.counters()["g"]?.guestSwapOutBytes == 2 * 4096)
         // A write with one page the host never read: only that page is written.
         #expect(r.guestWrite(block: 8, [3, 99]) == .writeSome(elided: [true, false]))
         #expect(r.guestRead(block: 8) == Rig.expected([3]))

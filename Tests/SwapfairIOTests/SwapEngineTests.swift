@@ -109,4 +109,46 @@ import Glibc
             #expect(engine.statistics()[5]?.errors == 0)
         }
     }
+
+    /// Requests on the submitter's memory (a ublk tag's buffer): written from it and read into it,
+    /// inline and through the ring alike, with no pool buffer taken, even when the pool has none.
+    @Test func requestsOnTheSubmittersMemoryTakeNoPoolBuffer() throws {
+        try withEngine(buffers: 1) { engine, volume in
+            let memory = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
+            defer { memory.deallocate() }
+            let held = engine.pool.acquire(4096)  // the pool is empty throughout
+            defer { engine.pool.release(held) }
+            let out = Outcome()
+            func on(_ op: BlockOp, client: Int, block: UInt64, at: Int) -> BlockRequest {
+                BlockRequest(client: client, volume: volume, op: op, offset: block * 4096, length: 4096,
+                             memory: IOMemory(memory + at)) { result, buffer in
+                    outcome(out, result, buffer == nil, engine.onEngineThread)
+                }
+            }
+            memory.initializeMemory(as: UInt8.self, repeating: 0x3C, count: 4096)
+            #expect(engine.serveInline(on(.write(fua: false), client: 6, block: 2, at: 0)))
+            #expect(engine.serveInline(on(.read, client: 6, block: 2, at: 4096)))
+            #expect(UnsafeRawBufferPointer(start: memory + 4096, count: 4096).allSatisfy { $0 == 0x3C })
+            // A limited client goes through the ring.
+            engine.setShare(client: 7, IOShare(weight: 1, limit: 1000))
+            memory.initializeMemory(as: UInt8.self, repeating: 0x7E, count: 4096)
+            engine.submit(on(.write(fua: false), client: 7, block: 5, at: 0))
+            #expect(out.signal.wait(timeout: .now() + 1) == .success)
+            #expect(out.signal.wait(timeout: .now() + 1) == .success)
+            #expect(out.signal.wait(timeout: .now() + 5) == .success)
+            memory.advanced(by: 4096).initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+            engine.submit(on(.read, client: 7, block: 5, at: 4096))
+            #expect(out.signal.wait(timeout: .now() + 5) == .success)
+            #expect(UnsafeRawBufferPointer(start: memory + 4096, count: 4096).allSatisfy { $0 == 0x7E })
+            let all = out.all
+            #expect(all.count == 4 && all.allSatisfy { $0.result == 4096 && $0.data == nil })
+            #expect(all.map(\.onEngine) == [false, false, true, true])
+        }
+    }
+
+    /// Records an answer that carried no buffer (`data` nil) or one (an empty array).
+    func outcome(_ out: Outcome, _ result: Int32, _ noBuffer: Bool, _ onEngine: Bool) {
+        out.state.withLock { $0.append((result, noBuffer ? nil : [], onEngine)) }
+        out.signal.signal()
+    }
 }
