@@ -10,10 +10,7 @@ OUT=${LAB_OUT:-/tmp}/swapdev
 mkdir -p "$OUT"
 . Tests/Lab/checks.sh swapdev
 # nbd0 is to be the only swap; the guest's own swap comes back at the end.
-previous=$(swapon --show=NAME --noheadings)
-swapoff -a
-restore() { for d in $previous; do swapon "$d" 2>/dev/null; done; }
-trap restore EXIT
+swap_aside
 cat > "$OUT/swapfair.toml" <<TOML
 [host]
 state_dir = "/tmp/swapdev-state"

@@ -11,10 +11,7 @@ BIN=${SWAPFAIR_BIN:-$PWD/.build/release}
 OUT=${LAB_OUT:-/tmp}/vmblock
 mkdir -p "$OUT"
 . Tests/Lab/checks.sh vmblock
-previous=$(swapon --show=NAME --noheadings)
-swapoff -a
-restore() { for d in $previous; do swapon "$d" 2>/dev/null; done; }
-trap restore EXIT
+swap_aside
 modprobe ublk_drv 2>/dev/null
 rm -rf /tmp/vmblock-state
 conf() {  # conf UBLK: the VM's volume, with or without its block device
