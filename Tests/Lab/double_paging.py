@@ -44,6 +44,9 @@ GUEST = os.environ.get("DP_GUEST", "ublk")
 # it little beside the CPU work around it, where a real disk makes the CPU wait. LAB_SWAP_DELAY
 # (run-guest.sh) gives each of its requests a latency; the table says which.
 DISK_DELAY = os.environ.get("LAB_SWAP_DELAY", "")
+# The workload: DP_PATTERN skewed (90% of accesses in a hot fifth) or uniform; DP_WRITES the share
+# of accesses that write.
+PATTERN, WRITES = os.environ.get("DP_PATTERN", "skewed"), float(os.environ.get("DP_WRITES", "0.3"))
 
 
 def vmstat():
@@ -134,6 +137,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=(), cpu=None):
     cg_write(GROUP, "memory.high", HOST_HIGH)
     out = f"/tmp/dp-{name}.jsonl"
     args = [os.path.join(BIN, "swapfair-guestpager"), "--ram", RAM, "--pages", PAGES, "--disk", disk,
+            "--pattern", PATTERN, "--writes", str(WRITES),
             "--duration", str(SECONDS), "--label", name, "--output", out, "--verify"]
     if truth:
         args += ["--events", truth]
@@ -441,7 +445,7 @@ def main():
     table(["CONFIG", "HOST SWAP-IN", "HOST SWAP-OUT", "GUEST SWAP-OUT", "DOUBLE PAGED mincore", "pagemap", "OF SWAP-OUTS",
            "DETECTED", "PRECISION pagemap", "RECALL pagemap", "PRECISION mincore", "RECALL mincore", "REDUNDANT READ",
            "FALSE READS", "ACCESSES/S", "GUEST FAULT P99", "EXPORT WROTE", "ELIDED"], rows)
-    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, skewed, 30% writes, "
+    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, {PATTERN}, {100 * WRITES:g}% writes, "
         f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}; "
         f"host swap disk {f'with {DISK_DELAY} more a request (LAB_SWAP_DELAY)' if DISK_DELAY else 'as it is'}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
         "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
