@@ -142,8 +142,10 @@ def run_guest(name, disk, truth=None, paused=None, extra=(), cpu=None):
     if truth:
         args += ["--events", truth]
     resume = "/tmp/dp-resume"
-    if os.path.exists(resume):
-        os.unlink(resume)
+    # A report left by an earlier run in the same guest would read as this run's (its "paused").
+    for stale in (resume, out):
+        if os.path.exists(stale):
+            os.unlink(stale)
     if paused:
         args += ["--pause-before-verify", resume]
     args += list(extra)
