@@ -151,9 +151,7 @@ public final class SwapDevices: Sendable {
     static func blockDevice(_ target: EngineTarget, directory: String, linkDirectory: String, owner: (uid: UInt32, gid: UInt32),
                             queueDepth: Int, logger: Logger) throws(Failure) -> UblkDevice {
         let idFile = "\(directory)/\(target.name).ublk-id"
-        let previous = (try? String(contentsOfFile: idFile, encoding: .utf8)).flatMap {
-            UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines))
-        }
+        let previous = savedDeviceID(idFile)
         let device: UblkDevice
         do {
             device = try UblkDevice(target: target, queueDepth: min(queueDepth, 128), maxIOBytes: 512 << 10, recover: previous,
@@ -192,8 +190,7 @@ public final class SwapDevices: Sendable {
         for f in files where f.hasSuffix(".ublk-id") && !keeping.contains(String(f.dropLast(8))) {
             let path = "\(directory)/\(f)", vm = String(f.dropLast(8))
             unlink("\(links)/\(vm).ublk")
-            guard let id = (try? String(contentsOfFile: path, encoding: .utf8)).flatMap({
-                UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else { unlink(path); continue }
+            guard let id = savedDeviceID(path) else { unlink(path); continue }
             startThread(named: "ublk-remove") {
                 do {
                     try UblkDevice.remove(id: id)
@@ -306,9 +303,7 @@ public final class SwapDevices: Sendable {
         // The device's id, kept so that a daemon restarted after a crash takes the device over
         // (the kernel holds its I/O meanwhile) instead of leaving the swap on it to fail.
         let idFile = hostSwapIDFile(c)
-        let previous = (try? String(contentsOfFile: idFile, encoding: .utf8)).flatMap {
-            UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines))
-        }
+        let previous = savedDeviceID(idFile)
         do {
             let maxIO = 512 << 10
             let target: any UblkTarget = if let elision {
@@ -332,6 +327,11 @@ public final class SwapDevices: Sendable {
     }
 
     static func hostSwapIDFile(_ c: SwapfairConfiguration) -> String { c.host.stateDir + "/host-swap.ublk-id" }
+
+    /// The ublk device id a previous daemon kept in `path`, if any.
+    static func savedDeviceID(_ path: String) -> UInt32? {
+        (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
 
     static func share(_ d: SwapDeviceConfig) -> IOShare {
         func value(_ r: IORate?) -> Double? {
