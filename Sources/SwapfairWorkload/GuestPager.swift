@@ -38,8 +38,9 @@ public struct GuestPagerCounters: Sendable, Equatable {
 
 /// A guest's memory management in miniature, over a real mapping: `frameCount` 4 KiB frames of
 /// "guest RAM" hold `pageCount` guest pages; when a page that is not in a frame is accessed, the
-/// pager frees a frame by the clock algorithm (second chance), writes the victim to its swap disk
-/// if the disk's copy is not current, and reads the page in (or fills a new one). Freed frames are
+/// pager frees frames by the clock algorithm (second chance), `reclaimBatch` at a time as a guest
+/// kernel's reclaim does, writes the victims whose disk copy is not current to its swap disk
+/// together, and reads the page in (or fills a new one). Freed frames are
 /// reused and overwritten, as a guest's are. The host sees only the frames: when the host's memory
 /// limit is below them, the host swaps frames too, and the pager records, for every swap-out and
 /// swap-in, whether the frame was host-resident at that moment (`hostResident`, e.g. `mincore`).
@@ -83,11 +84,15 @@ public final class GuestPager {
     var lastUse: [UInt64]
     /// Frames in play: the rest are the balloon's (`setUsableFrames`).
     public private(set) var usableFrames: Int
+    /// Victims the clock frees at once when no frame is free: a guest kernel reclaims a batch
+    /// (SWAP_CLUSTER_MAX, 32 pages) and writes its dirty pages together, not one per fault.
+    public let reclaimBatch: Int
 
     /// `ram` must hold `frameCount` page-aligned frames and stay mapped while the pager lives.
     public init(ram: UnsafeMutableRawPointer, frameCount: Int, pageCount: Int, disk: any GuestSwapDisk, seed: UInt64 = 1,
-                hostResident: @escaping (UnsafeRawPointer) -> Bool) {
-        precondition(frameCount > 0 && pageCount > 0)
+                reclaimBatch: Int = 1, hostResident: @escaping (UnsafeRawPointer) -> Bool) {
+        precondition(frameCount > 0 && pageCount > 0 && reclaimBatch > 0)
+        self.reclaimBatch = min(reclaimBatch, frameCount)
         self.ram = ram
         self.frameCount = frameCount
         self.pageCount = pageCount
@@ -164,20 +169,31 @@ public final class GuestPager {
         return f
     }
 
-    /// An empty frame, or the clock's victim, written out first if its disk copy is stale.
+    /// An empty frame, or one the clock freed: with none free it takes up to `reclaimBatch`
+    /// victims, writes those whose disk copy is stale in one batch, and keeps the rest free.
     func freeFrame() throws -> Int {
         if let f = freeFrames.popLast() { return Int(f) }
         while neverUsed < frameCount {
             neverUsed += 1
             if !ballooned[neverUsed - 1] { return neverUsed - 1 }
         }
-        while referenced[hand] || ballooned[hand] {
-            referenced[hand] = false
+        var victims: [Int] = []
+        victims.reserveCapacity(reclaimBatch)
+        // One turn of the hand past the first victim at most, so no frame is taken twice; a
+        // batch may come out short when nearly every frame was referenced.
+        var stop = -1
+        while victims.count < reclaimBatch && hand != stop {
+            if referenced[hand] || ballooned[hand] {
+                referenced[hand] = false
+            } else {
+                if victims.isEmpty { stop = hand }
+                victims.append(hand)
+            }
             hand = (hand + 1) % frameCount
         }
-        let f = hand
-        hand = (hand + 1) % frameCount
-        try evict(f)
+        try evict(victims[...])
+        let f = victims[0]
+        freeFrames.append(contentsOf: victims.dropFirst().reversed().map(Int32.init))
         return f
     }
 
@@ -261,9 +277,6 @@ public final class GuestPager {
             dirty[f] = false
         }
     }
-
-    /// Empties frame `f`: its page goes to the disk if the disk's copy is not current.
-    func evict(_ f: Int) throws { try evict([f][...]) }
 
     /// Reads every page (through faults where needed) and counts those whose content is not what
     /// was last written. Returns the number of bad pages.

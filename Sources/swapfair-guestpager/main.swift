@@ -45,6 +45,8 @@ struct GuestPagerCommand: ParsableCommand {
     var verify = false
     @Option(help: "Before the verify pass, close the swap disk, report \"paused\" and wait until this file exists, then open it again (a test restarts the disk's server meanwhile).")
     var pauseBeforeVerify: String?
+    @Option(help: "Frames the guest's reclaim frees at once when none is free, their dirty pages written together (a kernel's SWAP_CLUSTER_MAX is 32; 1: one victim per fault).")
+    var reclaimBatch: Int = 32
     @Option(help: "Serve a balloon on this Unix socket, speaking QMP's balloon and query-balloon as QEMU does, so that swapfaird can shrink and grow the guest.")
     var balloon: String?
 
@@ -55,6 +57,7 @@ struct GuestPagerCommand: ParsableCommand {
         }
         guard pattern == "uniform" || pattern == "skewed" else { throw ValidationError("--pattern is uniform or skewed") }
         guard (0...1).contains(writes) else { throw ValidationError("--writes is a share, 0 to 1") }
+        guard (1...1024).contains(reclaimBatch) else { throw ValidationError("--reclaim-batch is 1 to 1024 frames") }
         let frameCount = Int(ramBytes / 4096), pageCount = Int(pageBytes / 4096)
         let hot: Int
         if let hotSet {
@@ -74,7 +77,8 @@ struct GuestPagerCommand: ParsableCommand {
         defer { munmap(mapped, Int(ramBytes)) }
         // mincore: whether the host holds the frame in RAM now (a frame in the swap cache counts as held).
         var residentByte: UInt8 = 0
-        let pager = GuestPager(ram: mapped, frameCount: frameCount, pageCount: pageCount, disk: swapDisk, seed: seed) { p in
+        let pager = GuestPager(ram: mapped, frameCount: frameCount, pageCount: pageCount, disk: swapDisk, seed: seed,
+                               reclaimBatch: reclaimBatch) { p in
             mincore(UnsafeMutableRawPointer(mutating: p), 4096, &residentByte) != 0 || residentByte & 1 == 1
         }
         framesInPlay.store(frameCount, ordering: .relaxed)

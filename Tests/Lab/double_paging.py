@@ -3,12 +3,13 @@
 (swapfair-guestpager) under a host memory limit below its RAM, so that the host swaps its frames
 while the guest swaps pages to its own disk. One run per configuration, the same workload:
 
-  plain     no swapfair: host swap on the lab's swap disk, the guest's swap on a plain device
-            (null_blk, in RAM)
+  plain     no swapfair: host swap on the lab's swap disk, the guest's swap on a plain file on
+            the lab's second disk (ext4; without a second disk, null_blk in RAM)
   tracking  swapfair serves both: the host's swap over ublk (the same disk, whole) and the
-            guest's swap, its volume in RAM like null_blk, as a ublk block device (`ublk = true`, as
-            a VMM would open it; DP_GUEST=nbd: the NBD export through the kernel's nbd client); the
-            double-paging tracker matches host swap-ins against guest swap-outs
+            guest's swap, its volume on the same second disk (or in RAM), as a ublk block device
+            (`ublk = true`, as a VMM would open it; DP_GUEST=nbd: the NBD export through the
+            kernel's nbd client); the double-paging tracker matches host swap-ins against guest
+            swap-outs
   avoidance tracking, write elision (a guest swap-out of a page the host just read back becomes a
             reference to the host's block) and reclaim shifting (the whole daemon manages the
             guest's group and, while it double-pages, shrinks it through its balloon and raises
@@ -47,6 +48,16 @@ DISK_DELAY = os.environ.get("LAB_SWAP_DELAY", "")
 # The workload: DP_PATTERN skewed (90% of accesses in a hot fifth) or uniform; DP_WRITES the share
 # of accesses that write.
 PATTERN, WRITES = os.environ.get("DP_PATTERN", "skewed"), float(os.environ.get("DP_WRITES", "0.3"))
+# Frames the guest's reclaim frees at once (the pager's --reclaim-batch; 1: one victim per fault).
+RECLAIM_BATCH = os.environ.get("DP_RECLAIM_BATCH", "32")
+# Where the guest's swap lives: "disk" (a file on ext4 on the lab's second disk, LAB_DISK2, in
+# plain; swapfair's state and volume there too), as on a host whose VMs' disks are on its own
+# storage, or "ram" (null_blk in plain, swapfair's volume on tmpfs), a guest swap that costs
+# nothing. By default the second disk when the lab has one.
+STORE_DEV = next((f"/dev/{b}" for b in sorted(os.listdir("/sys/block")) if b.startswith("vd")
+                  and open(f"/sys/block/{b}/serial").read().strip() == "labdisk2"), None)
+STORE = os.environ.get("DP_GUEST_STORE") or ("disk" if STORE_DEV else "ram")
+STORE_DIR = "/mnt/dp-store" if STORE == "disk" else "/tmp"
 
 
 def vmstat():
@@ -137,7 +148,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=(), cpu=None):
     cg_write(GROUP, "memory.high", HOST_HIGH)
     out = f"/tmp/dp-{name}.jsonl"
     args = [os.path.join(BIN, "swapfair-guestpager"), "--ram", RAM, "--pages", PAGES, "--disk", disk,
-            "--pattern", PATTERN, "--writes", str(WRITES),
+            "--pattern", PATTERN, "--writes", str(WRITES), "--reclaim-batch", RECLAIM_BATCH,
             "--duration", str(SECONDS), "--label", name, "--output", out, "--verify"]
     if truth:
         args += ["--events", truth]
@@ -286,7 +297,7 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
     """One run with swapfaird serving the host's swap (ublk) and the guest's (NBD). `shifting`: the
     whole daemon manages the guest's group (its memory budget is the others' fixed memory.high)
     and shifts its reclaim into the guest through the guest pager's balloon."""
-    state, shared = f"/tmp/dp-state-{name}", f"/run/swapfair/shared-{name}"
+    state, shared = f"{STORE_DIR}/dp-state-{name}", f"/run/swapfair/shared-{name}"
     subprocess.run(["rm", "-rf", state, shared, "/run/swapfair/nbd/dp.sock"])
     os.makedirs(state)
     conf = os.path.join(OUT, f"dp-{name}.toml")
@@ -407,18 +418,30 @@ def main():
     log("\n=== double paging: a guest with its own swap under a host memory limit ===")
     results = {}
     disk = next((l.split()[0] for l in open("/proc/swaps") if l.startswith("/dev/vd")), None)
-    # plain: a RAM-backed block device as the guest's swap disk.
+    if STORE == "disk":
+        if STORE_DEV is None:
+            log("DP_GUEST_STORE=disk needs the lab's second disk (LAB_DISK2=SIZE)")
+            return 1
+        if not os.path.ismount(STORE_DIR):  # mounted already by an earlier run in this guest
+            subprocess.run(["modprobe", "ext4"], stderr=subprocess.DEVNULL)
+            subprocess.run(["mkfs.ext4", "-q", "-F", STORE_DEV], check=True)
+            os.makedirs(STORE_DIR, exist_ok=True)
+            subprocess.run(["mount", STORE_DEV, STORE_DIR], check=True)
+        subprocess.run(["rm", "-f", f"{STORE_DIR}/plain-swap.img"])
+        log(f"the guest's swap lives on {STORE_DEV} (ext4 at {STORE_DIR})")
+    # plain: the guest's swap disk a file on the second disk, or a RAM-backed block device.
     subprocess.run(["modprobe", "-r", "null_blk"], stderr=subprocess.DEVNULL)
-    subprocess.run(["modprobe", "null_blk", "nr_devices=1", "memory_backed=1", "gb=1", "bs=4096", "queue_mode=2"], check=True)
+    if STORE == "ram":
+        subprocess.run(["modprobe", "null_blk", "nr_devices=1", "memory_backed=1", "gb=1", "bs=4096", "queue_mode=2"], check=True)
     if "plain" in CONFIGS:
         # The ground truth is recorded here too, so that every configuration's pager does the same work.
         truth = "/tmp/dp-truth-plain.jsonl"
-        results["plain"] = run_guest("plain", "/dev/nullb0", truth=truth)
+        results["plain"] = run_guest("plain", "/dev/nullb0" if STORE == "ram" else f"{STORE_DIR}/plain-swap.img", truth=truth)
         results["plain"]["pte_truth"] = sum(1 for l in open(truth) if (e := json.loads(l)).get("swap_entry") and e["t"] <= SECONDS)
     subprocess.run(["modprobe", "-r", "null_blk"], stderr=subprocess.DEVNULL)
 
     # tracking: swapfaird serves the host's swap (ublk, on the lab's swap disk itself, borrowed
-    # whole) and the guest's (NBD, its volume in RAM like null_blk). elision: the same, with write
+    # whole) and the guest's (its volume where plain's swap file is). elision: the same, with write
     # elision on, and swapfaird SIGKILLed and restarted between the run and the verify pass.
     subprocess.run(["swapoff", "-a"], check=True)
     subprocess.run(["modprobe", "ublk_drv"], stderr=subprocess.DEVNULL)
@@ -447,8 +470,9 @@ def main():
     table(["CONFIG", "HOST SWAP-IN", "HOST SWAP-OUT", "GUEST SWAP-OUT", "DOUBLE PAGED mincore", "pagemap", "OF SWAP-OUTS",
            "DETECTED", "PRECISION pagemap", "RECALL pagemap", "PRECISION mincore", "RECALL mincore", "REDUNDANT READ",
            "FALSE READS", "ACCESSES/S", "GUEST FAULT P99", "EXPORT WROTE", "ELIDED"], rows)
-    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, {PATTERN}, {100 * WRITES:g}% writes, "
-        f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}; "
+    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, {PATTERN}, {100 * WRITES:g}% writes, guest reclaim {RECLAIM_BATCH} frames at a time, "
+        f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}, "
+        f"{'in RAM (plain: null_blk)' if STORE == 'ram' else f'on ext4 on the second disk (plain: a file there)'}; "
         f"host swap disk {f'with {DISK_DELAY} more a request (LAB_SWAP_DELAY)' if DISK_DELAY else 'as it is'}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
         "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
@@ -621,10 +645,12 @@ def main():
                                  mib(tw[-1]["swap"]), mib(aw[-1]["swap"]), mib(aw[-1].get("guest_ram", 0))])
             table(["WINDOW", "DOUBLE PAGED/S tracking", "avoidance", "HOST MAJFLT/S tracking", "avoidance",
                    "ACCESSES/S tracking", "avoidance", "IN HOST SWAP tracking", "avoidance", "GUEST RAM avoidance"], rows)
-            # Drained: the guest's memory in host swap is down to an eighth of what it was when the
-            # balloon settled; from then on the two runs are compared second for second.
-            at = swap[0] if swap else 0
-            drained = next((l["t"] for l in win if l["swap"] <= at / 8), None)
+            # Drained: the guest's memory in host swap has come down seven eighths of the way from
+            # where it was when the balloon settled to the least it reached (some never comes back:
+            # memory the pager itself never touches again, 6 MiB in a 180 s uniform run); from
+            # then on the two runs are compared second for second.
+            at, floor = (swap[0], min(swap)) if swap else (0, 0)
+            drained = next((l["t"] for l in win if l["swap"] <= floor + max(1 * MiB, (at - floor) / 8)), None)
             dwin = [l for l in a_lines if drained is not None and l["t"] >= drained]
             twin = [l for l in t_lines if drained is not None and l["t"] >= drained]
             d_a, d_t = rate(dwin, "double_paged"), rate(twin, "double_paged")

@@ -31,6 +31,8 @@
 #                        a test depends on where swapped memory is accounted.
 #   LAB_SWAP_DELAY=1ms   with disk:SIZE: each request to that disk takes this much longer (nbdkit's
 #                        delay filter on the host serves the image; the wait costs the guest no CPU)
+#   LAB_DISK2=SIZE       a second disk, a sparse image with the serial "labdisk2" (the same delay
+#                        as the swap disk's), for what the guest keeps on the host's storage
 #   LAB_PASS_ENV="A B"   host variables to pass to the command
 #   LAB_MODULES="nbd"    modules to load before the command (the command may modprobe any
 #                        module in the initramfs itself)
@@ -67,7 +69,7 @@ LAB_SWAP=${LAB_SWAP:-zram:2G}
 mkdir -p "$LAB_DIR/runs"
 RUN=$(mktemp -d "$LAB_DIR/runs/run.XXXXXX")
 cleanup() {
-    [ -n "${nbdkit_pid:-}" ] && kill "$nbdkit_pid" 2>/dev/null
+    for p in "${nbdkit_pids[@]}"; do kill "$p" 2>/dev/null; done
     if [ -n "${LAB_KEEP:-}" ]; then echo "lab: run dir kept: $RUN" >&2; else rm -rf "$RUN"; fi
 }
 trap cleanup EXIT
@@ -111,25 +113,29 @@ QEMU=(qemu-system-x86_64 -M pc -accel tcg,thread=single -cpu max -smp "$LAB_SMP"
       -virtfs "local,path=$(qe "$RUN"),mount_tag=labctl,security_model=none"
       -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
       -virtfs "local,path=$(qe "$SHARE"),mount_tag=labshare,security_model=none,multidevs=remap")
-nbdkit_pid=""
+nbdkit_pids=()
+# disk NAME SIZE: a sparse image as a virtio disk with serial NAME, behind LAB_SWAP_DELAY if set.
+disk() {
+    truncate -s "$2" "$RUN/$1.img" || exit 126
+    if [ -n "${LAB_SWAP_DELAY:-}" ]; then
+        # A disk with a latency of its own, like a real one: the image served by nbdkit, each
+        # read, write and discard held back by the delay filter before it is done.
+        local d=$LAB_SWAP_DELAY
+        nbdkit --foreground --unix "$RUN/$1.sock" --filter=delay file "$RUN/$1.img" \
+            delay-read="$d" delay-write="$d" delay-trim="$d" delay-zero="$d" > "$RUN/nbdkit-$1.log" 2>&1 &
+        nbdkit_pids+=($!)
+        for _ in $(seq 100); do [ -S "$RUN/$1.sock" ] && break; sleep 0.1; done
+        [ -S "$RUN/$1.sock" ] || { echo "lab: nbdkit did not serve the disk $1: $(cat "$RUN/nbdkit-$1.log")" >&2; exit 126; }
+        QEMU+=(-drive "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$(qe "$RUN")/$1.sock,if=none,id=$1,cache=unsafe,discard=unmap")
+    else
+        QEMU+=(-drive "file=$(qe "$RUN")/$1.img,format=raw,if=none,id=$1,cache=unsafe,discard=unmap")
+    fi
+    QEMU+=(-device "virtio-blk-pci,drive=$1,serial=$1")
+}
 case "$LAB_SWAP" in
-    disk:*)
-        truncate -s "${LAB_SWAP#disk:}" "$RUN/swap.img" || exit 126
-        if [ -n "${LAB_SWAP_DELAY:-}" ]; then
-            # A disk with a latency of its own, like a real one: the image served by nbdkit, each
-            # read, write and discard held back by the delay filter before it is done.
-            d=$LAB_SWAP_DELAY
-            nbdkit --foreground --unix "$RUN/swap.sock" --filter=delay file "$RUN/swap.img" \
-                delay-read="$d" delay-write="$d" delay-trim="$d" delay-zero="$d" > "$RUN/nbdkit.log" 2>&1 &
-            nbdkit_pid=$!
-            for _ in $(seq 100); do [ -S "$RUN/swap.sock" ] && break; sleep 0.1; done
-            [ -S "$RUN/swap.sock" ] || { echo "lab: nbdkit did not serve the swap disk: $(cat "$RUN/nbdkit.log")" >&2; exit 126; }
-            QEMU+=(-drive "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=$(qe "$RUN")/swap.sock,if=none,id=labswap,cache=unsafe,discard=unmap")
-        else
-            QEMU+=(-drive "file=$(qe "$RUN")/swap.img,format=raw,if=none,id=labswap,cache=unsafe,discard=unmap")
-        fi
-        QEMU+=(-device virtio-blk-pci,drive=labswap,serial=labswap) ;;
+    disk:*) disk labswap "${LAB_SWAP#disk:}" ;;
 esac
+[ -n "${LAB_DISK2:-}" ] && disk labdisk2 "$LAB_DISK2"
 # shellcheck disable=SC2206
 [ -n "${LAB_QEMU_ARGS:-}" ] && QEMU+=($LAB_QEMU_ARGS)
 

@@ -6,7 +6,14 @@ import SwapfairWorkload
 final class MemoryDisk: GuestSwapDisk {
     var blocks: [Int: [UInt8]] = [:]
     var writes = 0, reads = 0
+    /// Calls of write(batch:) and the most pages one of them carried.
+    var batches = 0, largestBatch = 0
     var corruptNextRead = false
+    func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws {
+        batches += 1
+        largestBatch = max(largestBatch, batch.count)
+        for (block, page) in batch { try write(block: block, from: page) }
+    }
     func write(block: Int, from page: UnsafeRawBufferPointer) throws {
         blocks[block] = Array(page)
         writes += 1
@@ -41,6 +48,28 @@ final class MemoryDisk: GuestSwapDisk {
             #expect(c.swapOuts + c.drops + 8 >= c.guestFaults, "every fault past the first 8 frees a frame")
             #expect(c.drops > 0, "clean pages are dropped, not written again")
             #expect(c.corrupt == 0 && c.doublePaged == 0 && c.falseReads == 0)
+            #expect(try pager.verifyAll() == 0)
+        }
+    }
+
+    /// Reclaim in batches: with no frame free the clock frees up to `reclaimBatch` at once and the
+    /// stale ones among them go to the disk in one write, so most faults find a free frame.
+    @Test func reclaimFreesABatchOfFramesAtOnce() throws {
+        try Self.withRAM(frames: 16) { ram in
+            let disk = MemoryDisk()
+            let pager = GuestPager(ram: ram, frameCount: 16, pageCount: 64, disk: disk, reclaimBatch: 8) { _ in true }
+            var x = XorShift(seed: 11)
+            for _ in 0..<4000 {
+                let r = x.next()
+                try pager.access(page: Int(r % 64), write: r & 0x100 != 0)
+            }
+            let c = pager.counters
+            let reclaimed = Int(c.guestFaults) - 16
+            #expect(reclaimed > 1000)
+            #expect(disk.largestBatch > 1 && disk.largestBatch <= 8)
+            #expect(disk.batches * 8 >= reclaimed, "a batch frees at most 8 frames")
+            #expect(disk.batches * 4 < reclaimed, "most batches free more than half of 8")
+            #expect(c.swapOuts == UInt64(disk.writes) && c.corrupt == 0)
             #expect(try pager.verifyAll() == 0)
         }
     }
