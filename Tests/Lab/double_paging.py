@@ -294,7 +294,8 @@ def remove_guest_device(conf):
 
 
 def run_swapfair(c, name, disk, elision=False, shifting=False):
-    """One run with swapfaird serving the host's swap (ublk) and the guest's (NBD). `shifting`: the
+    """One run with swapfaird serving the host's swap (ublk) and the guest's (its volume's block
+    device, or its NBD export with DP_GUEST=nbd). `shifting`: the
     whole daemon manages the guest's group (its memory budget is the others' fixed memory.high)
     and shifts its reclaim into the guest through the guest pager's balloon."""
     state, shared = f"{STORE_DIR}/dp-state-{name}", f"/run/swapfair/shared-{name}"
@@ -472,7 +473,7 @@ def main():
            "FALSE READS", "ACCESSES/S", "GUEST FAULT P99", "EXPORT WROTE", "ELIDED"], rows)
     log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, {PATTERN}, {100 * WRITES:g}% writes, guest reclaim {RECLAIM_BATCH} frames at a time, "
         f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}, "
-        f"{'in RAM (plain: null_blk)' if STORE == 'ram' else f'on ext4 on the second disk (plain: a file there)'}; "
+        f"{'in RAM (plain: null_blk)' if STORE == 'ram' else 'on ext4 on the second disk (plain: a file there)'}; "
         f"host swap disk {f'with {DISK_DELAY} more a request (LAB_SWAP_DELAY)' if DISK_DELAY else 'as it is'}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
         "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
