@@ -1,3 +1,6 @@
+import Dispatch
+import Synchronization
+
 /// Where a guest pager keeps the pages it swaps out: its swap disk, one 4 KiB block per page.
 public protocol GuestSwapDisk {
     func write(block: Int, from page: UnsafeRawBufferPointer) throws
@@ -33,6 +36,9 @@ public struct GuestPagerCounters: Sendable, Equatable {
     public var falseReads: UInt64 = 0
     /// Pages whose content did not match what was last written to them when read back.
     public var corrupt: UInt64 = 0
+    /// Faults that found no frame free and waited for reclaim (the background writer's batch or
+    /// their own): a guest's direct reclaim.
+    public var directReclaims: UInt64 = 0
     public init() {}
 }
 
@@ -40,7 +46,10 @@ public struct GuestPagerCounters: Sendable, Equatable {
 /// "guest RAM" hold `pageCount` guest pages; when a page that is not in a frame is accessed, the
 /// pager frees frames by the clock algorithm (second chance), `reclaimBatch` at a time as a guest
 /// kernel's reclaim does, writes the victims whose disk copy is not current to its swap disk
-/// together, and reads the page in (or fills a new one). Freed frames are
+/// together, and reads the page in (or fills a new one). With `reclaimAhead` frames to keep free,
+/// reclaim runs ahead of the faults as a guest's kswapd does: a batch of victims is written by a
+/// background writer while the guest goes on, and a fault waits only when no frame is free at all
+/// (direct reclaim). Freed frames are
 /// reused and overwritten, as a guest's are. The host sees only the frames: when the host's memory
 /// limit is below them, the host swaps frames too, and the pager records, for every swap-out and
 /// swap-in, whether the frame was host-resident at that moment (`hostResident`, e.g. `mincore`).
@@ -87,12 +96,52 @@ public final class GuestPager {
     /// Victims the clock frees at once when no frame is free: a guest kernel reclaims a batch
     /// (SWAP_CLUSTER_MAX, 32 pages) and writes its dirty pages together, not one per fault.
     public let reclaimBatch: Int
+    /// Free frames the background reclaimer keeps (0: none; every fault that finds no free frame
+    /// reclaims itself, synchronously).
+    public let reclaimAhead: Int
+    /// Frames whose page the background writer is writing out.
+    var underWriteback: [Bool]
+    /// The batch the background writer has in hand, if any.
+    var inFlight: Writeback?
+    let writer = DispatchQueue(label: "guest-kswapd")
+
+    /// A batch handed to the background writer: what it writes, and what the pager records once
+    /// it is written (the ground truth is taken when the victims are chosen).
+    final class Writeback: @unchecked Sendable {
+        let frames: [Int]
+        let truth: [(block: Int, swapped: Bool, entry: Bool?)]
+        let writes: [(block: Int, page: UnsafeRawBufferPointer)]
+        let disk: any GuestSwapDisk
+        /// Set by the writer before `finished` (released there, acquired by the pager).
+        var failure: (any Error)?
+        let finished = Atomic<Bool>(false)
+        let done = DispatchSemaphore(value: 0)
+
+        init(frames: [Int], truth: [(block: Int, swapped: Bool, entry: Bool?)],
+             writes: [(block: Int, page: UnsafeRawBufferPointer)], disk: any GuestSwapDisk) {
+            self.frames = frames
+            self.truth = truth
+            self.writes = writes
+            self.disk = disk
+        }
+
+        func run() {
+            do { try disk.write(batch: writes) } catch { failure = error }
+            finished.store(true, ordering: .releasing)
+            done.signal()
+        }
+    }
 
     /// `ram` must hold `frameCount` page-aligned frames and stay mapped while the pager lives.
+    /// With `reclaimAhead` > 0 the disk is written from a background thread while the pager reads
+    /// other blocks of it, so it must allow that.
     public init(ram: UnsafeMutableRawPointer, frameCount: Int, pageCount: Int, disk: any GuestSwapDisk, seed: UInt64 = 1,
-                reclaimBatch: Int = 1, hostResident: @escaping (UnsafeRawPointer) -> Bool) {
-        precondition(frameCount > 0 && pageCount > 0 && reclaimBatch > 0)
+                reclaimBatch: Int = 1, reclaimAhead: Int = 0, hostResident: @escaping (UnsafeRawPointer) -> Bool) {
+        precondition(frameCount > 0 && pageCount > 0 && reclaimBatch > 0 && reclaimAhead >= 0)
         self.reclaimBatch = min(reclaimBatch, frameCount)
+        // At most half the frames kept free: the rest hold pages.
+        self.reclaimAhead = min(reclaimAhead, frameCount / 2)
+        underWriteback = Array(repeating: false, count: frameCount)
         self.ram = ram
         self.frameCount = frameCount
         self.pageCount = pageCount
@@ -147,6 +196,7 @@ public final class GuestPager {
             // A read: the guest's access touches the frame (the host sees it as an access).
             _ = frame(f).load(fromByteOffset: (page % 511 + 1) * 8, as: UInt64.self)
         }
+        if faulted { startWriteback() }
         return faulted
     }
 
@@ -170,20 +220,40 @@ public final class GuestPager {
     }
 
     /// An empty frame, or one the clock freed: with none free it takes up to `reclaimBatch`
-    /// victims, writes those whose disk copy is stale in one batch, and keeps the rest free.
+    /// victims, writes those whose disk copy is stale in one batch, and keeps the rest free. With
+    /// `reclaimAhead`, the background writer's finished batch is taken in first and the next one
+    /// started (by `access`, once the faulted page has its frame) while fewer frames than that are
+    /// free; a fault waits for the writer only when no frame is free at all.
     func freeFrame() throws -> Int {
+        try reapWriteback(wait: false)
         if let f = freeFrames.popLast() { return Int(f) }
         while neverUsed < frameCount {
             neverUsed += 1
             if !ballooned[neverUsed - 1] { return neverUsed - 1 }
         }
+        counters.directReclaims += 1
+        if inFlight != nil {
+            try reapWriteback(wait: true)
+            if let f = freeFrames.popLast() { return Int(f) }
+        }
+        let victims = clockVictims()
+        try evict(victims[...])
+        let f = victims[0]
+        freeFrames.append(contentsOf: victims.dropFirst().reversed().map(Int32.init))
+        return f
+    }
+
+    /// Up to `reclaimBatch` frames the clock chooses: not referenced since the hand last passed,
+    /// not the balloon's, not empty, not being written. One turn of the hand past the first victim at most,
+    /// so no frame is taken twice; a batch may come out short when nearly every frame was
+    /// referenced. Never empty while some usable frame is not being written.
+    func clockVictims() -> [Int] {
         var victims: [Int] = []
         victims.reserveCapacity(reclaimBatch)
-        // One turn of the hand past the first victim at most, so no frame is taken twice; a
-        // batch may come out short when nearly every frame was referenced.
-        var stop = -1
-        while victims.count < reclaimBatch && hand != stop {
-            if referenced[hand] || ballooned[hand] {
+        var stop = -1, passed = 0
+        while victims.count < reclaimBatch && hand != stop && passed < 2 * frameCount {
+            passed += 1
+            if referenced[hand] || ballooned[hand] || underWriteback[hand] || pageOfFrame[hand] < 0 {
                 referenced[hand] = false
             } else {
                 if victims.isEmpty { stop = hand }
@@ -191,10 +261,70 @@ public final class GuestPager {
             }
             hand = (hand + 1) % frameCount
         }
-        try evict(victims[...])
-        let f = victims[0]
-        freeFrames.append(contentsOf: victims.dropFirst().reversed().map(Int32.init))
-        return f
+        return victims
+    }
+
+    /// Background reclaim (kswapd): while fewer than `reclaimAhead` frames are free and the writer
+    /// is idle, the clock's next victims are taken: clean ones freed at once, the others handed
+    /// to the writer, their frames left mapped until written. The dirty bit is cleared as the
+    /// write starts, so an access meanwhile keeps the frame (a write marks it dirty again).
+    func startWriteback() {
+        guard reclaimAhead > 0, inFlight == nil, neverUsed >= frameCount, freeFrames.count < reclaimAhead else { return }
+        var frames: [Int] = [], writes: [(block: Int, page: UnsafeRawBufferPointer)] = []
+        var truth: [(block: Int, swapped: Bool, entry: Bool?)] = []
+        for f in clockVictims() {
+            let victim = Int(pageOfFrame[f])
+            if dirty[f] || !onDisk[victim] {
+                truth.append((victim, !hostResident(frame(f)), hostSwapEntry?(frame(f))))
+                writes.append((victim, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize)))
+                frames.append(f)
+                underWriteback[f] = true
+                dirty[f] = false
+            } else {
+                counters.drops += 1
+                frameOfPage[victim] = -1
+                pageOfFrame[f] = -1
+                dirty[f] = false
+                freeFrames.append(Int32(f))
+            }
+        }
+        guard !frames.isEmpty else { return }
+        let job = Writeback(frames: frames, truth: truth, writes: writes, disk: disk)
+        inFlight = job
+        writer.async { job.run() }
+    }
+
+    /// Takes in the writer's batch once written (waiting for it if `wait`): its pages are on the
+    /// disk; its frames are free unless accessed meanwhile (those stay, clean unless written).
+    func reapWriteback(wait: Bool) throws {
+        guard let job = inFlight else { return }
+        if !wait && !job.finished.load(ordering: .acquiring) { return }
+        job.done.wait()
+        inFlight = nil
+        for f in job.frames { underWriteback[f] = false }
+        if let failure = job.failure {
+            // Not written: the pages stay in their frames, dirty, for a later reclaim to retry.
+            for f in job.frames { dirty[f] = true }
+            throw failure
+        }
+        for t in job.truth {
+            if t.swapped { counters.doublePaged += 1 }
+            counters.swapOuts += 1
+            onDisk[t.block] = true
+            onSwapOut?(t.block, t.swapped, t.entry)
+        }
+        for f in job.frames where !referenced[f] && !dirty[f] && !ballooned[f] {
+            let victim = Int(pageOfFrame[f])
+            if victim >= 0 { frameOfPage[victim] = -1 }
+            pageOfFrame[f] = -1
+            freeFrames.append(Int32(f))
+        }
+    }
+
+    /// Waits for the background writer's batch, if any, and takes it in: before the balloon
+    /// moves, the verify pass, or the disk is closed.
+    public func finishWriteback() throws {
+        try reapWriteback(wait: true)
     }
 
     /// The balloon: the guest keeps `count` frames (at least 16, at most all). To shrink, the
@@ -208,6 +338,7 @@ public final class GuestPager {
     /// for a guest kernel's batch of swap writes).
     public func setUsableFrames(_ count: Int, prefetch: (UnsafeMutableRawPointer, Int) -> Void = { _, _ in },
                                 release: (UnsafeMutableRawPointer, Int) -> Void) throws {
+        try finishWriteback()
         let n = min(max(count, 16), frameCount)
         if n > usableFrames {
             var k = n - usableFrames
@@ -281,6 +412,7 @@ public final class GuestPager {
     /// Reads every page (through faults where needed) and counts those whose content is not what
     /// was last written. Returns the number of bad pages.
     public func verifyAll() throws -> Int {
+        try finishWriteback()
         var bad = 0
         for page in 0..<pageCount where version[page] != 0 || onDisk[page] || frameOfPage[page] >= 0 {
             let before = counters.corrupt

@@ -47,6 +47,8 @@ struct GuestPagerCommand: ParsableCommand {
     var pauseBeforeVerify: String?
     @Option(help: "Frames the guest's reclaim frees at once when none is free, their dirty pages written together (a kernel's SWAP_CLUSTER_MAX is 32; 1: one victim per fault).")
     var reclaimBatch: Int = 32
+    @Option(help: "Free frames a background reclaimer keeps, as a guest's kswapd does: it writes the next victims while the guest goes on, and a fault waits only when none is free (0: every fault that finds none reclaims itself). Default: 256 (1 MiB), at most half of --ram.")
+    var reclaimAhead: Int?
     @Option(help: "Serve a balloon on this Unix socket, speaking QMP's balloon and query-balloon as QEMU does, so that swapfaird can shrink and grow the guest.")
     var balloon: String?
 
@@ -59,6 +61,10 @@ struct GuestPagerCommand: ParsableCommand {
         guard (0...1).contains(writes) else { throw ValidationError("--writes is a share, 0 to 1") }
         guard (1...1024).contains(reclaimBatch) else { throw ValidationError("--reclaim-batch is 1 to 1024 frames") }
         let frameCount = Int(ramBytes / 4096), pageCount = Int(pageBytes / 4096)
+        let reclaimAhead = reclaimAhead ?? min(256, frameCount / 2)
+        guard (0...frameCount / 2).contains(reclaimAhead) else {
+            throw ValidationError("--reclaim-ahead is 0 to \(frameCount / 2) frames (half of --ram \(ram))")
+        }
         let hot: Int
         if let hotSet {
             guard let h = parseSize(hotSet), h >= 4096, h <= pageBytes else { throw ValidationError("bad --hot-set \(hotSet)") }
@@ -78,7 +84,7 @@ struct GuestPagerCommand: ParsableCommand {
         // mincore: whether the host holds the frame in RAM now (a frame in the swap cache counts as held).
         var residentByte: UInt8 = 0
         let pager = GuestPager(ram: mapped, frameCount: frameCount, pageCount: pageCount, disk: swapDisk, seed: seed,
-                               reclaimBatch: reclaimBatch) { p in
+                               reclaimBatch: reclaimBatch, reclaimAhead: reclaimAhead) { p in
             mincore(UnsafeMutableRawPointer(mutating: p), 4096, &residentByte) != 0 || residentByte & 1 == 1
         }
         framesInPlay.store(frameCount, ordering: .relaxed)
@@ -157,7 +163,8 @@ struct GuestPagerCommand: ParsableCommand {
                 "accesses": c.accesses - last.accesses, "rate": Double(c.accesses - last.accesses) / elapsed,
                 "guest_faults": c.guestFaults - last.guestFaults, "swap_outs": c.swapOuts - last.swapOuts,
                 "swap_ins": c.swapIns - last.swapIns, "double_paged": c.doublePaged - last.doublePaged,
-                "false_reads": c.falseReads - last.falseReads, "host_majflt": f.major - lastFaults.major,
+                "false_reads": c.falseReads - last.falseReads, "direct_reclaims": c.directReclaims - last.directReclaims,
+                "host_majflt": f.major - lastFaults.major,
                 "fault_p50_us": faultLatency.percentile(0.5), "fault_p99_us": faultLatency.percentile(0.99),
                 "rss": res.rss, "swap": res.swap, "guest_ram": pager.usableFrames * 4096,
             ])
@@ -165,12 +172,14 @@ struct GuestPagerCommand: ParsableCommand {
             lastFaults = f
             t = now()
         }
-        let c = pager.counters
         let secs = max(now() - start, 1e-6)
+        try pager.finishWriteback()
+        let c = pager.counters
         try eventLog?.flush()
         out.emit(["label": label, "event": "summary", "t": secs, "accesses": c.accesses, "rate": Double(c.accesses) / secs,
                   "guest_faults": c.guestFaults, "swap_outs": c.swapOuts, "swap_ins": c.swapIns, "drops": c.drops,
                   "double_paged": c.doublePaged, "false_reads": c.falseReads, "corrupt": c.corrupt,
+                  "direct_reclaims": c.directReclaims,
                   "fault_p50_us": allFaults.percentile(0.5), "fault_p99_us": allFaults.percentile(0.99)])
         if let pauseBeforeVerify {
             swapDisk.close()

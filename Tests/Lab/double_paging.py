@@ -3,8 +3,9 @@
 (swapfair-guestpager) under a host memory limit below its RAM, so that the host swaps its frames
 while the guest swaps pages to its own disk. One run per configuration, the same workload:
 
-  plain     no swapfair: host swap on the lab's swap disk, the guest's swap on a plain file on
-            the lab's second disk (ext4; without a second disk, null_blk in RAM)
+  plain     no swapfair: host swap on the host's swap disk (the lab's third disk, LAB_DISK3, or
+            without one its swap disk), the guest's swap on a plain file on the lab's second
+            disk (ext4; without a second disk, null_blk in RAM)
   tracking  swapfair serves both: the host's swap over ublk (the same disk, whole) and the
             guest's swap, its volume on the same second disk (or in RAM), as a ublk block device
             (`ublk = true`, as a VMM would open it; DP_GUEST=nbd: the NBD export through the
@@ -41,21 +42,37 @@ WINDOW = os.environ.get("DP_WINDOW", "")
 RAM, PAGES, HOST_HIGH, SECONDS = "96M", "192M", 64 * MiB, int(os.environ.get("DP_SECONDS", "40"))
 # How the guest reaches its swap volume: "ublk" (its block device) or "nbd" (its export, kernel client).
 GUEST = os.environ.get("DP_GUEST", "ublk")
-# The lab's swap disk is an image in the host's page cache behind an emulated CPU: a request costs
-# it little beside the CPU work around it, where a real disk makes the CPU wait. LAB_SWAP_DELAY
-# (run-guest.sh) gives each of its requests a latency; the table says which.
-DISK_DELAY = os.environ.get("LAB_SWAP_DELAY", "")
+# The lab's disks are images in the host's page cache behind an emulated CPU: a request costs
+# little beside the CPU work around it, where a real disk makes the CPU wait. run-guest.sh's
+# LAB_SWAP_DELAY / LAB_DISKS_DELAY give each request a latency; the table says which.
+def _serial_dev(serial):
+    return next((f"/dev/{b}" for b in sorted(os.listdir("/sys/block")) if b.startswith("vd")
+                 and open(f"/sys/block/{b}/serial").read().strip() == serial), None)
+
+
+def _delay(var):
+    d = os.environ.get(var, "")
+    return "" if d in ("", "none") else d
+
+
+# The host's swap disk: the lab's third disk (LAB_DISK3) when it has one, a disk of these runs
+# alone (so that it may be slow while the rest of the lab is not), else the lab's swap disk.
+HOST_DEV = _serial_dev("labdisk3")
+HOST_DELAY = _delay("LAB_DISKS_DELAY") if HOST_DEV else _delay("LAB_SWAP_DELAY")
 # The workload: DP_PATTERN skewed (90% of accesses in a hot fifth) or uniform; DP_WRITES the share
 # of accesses that write.
 PATTERN, WRITES = os.environ.get("DP_PATTERN", "skewed"), float(os.environ.get("DP_WRITES", "0.3"))
 # Frames the guest's reclaim frees at once (the pager's --reclaim-batch; 1: one victim per fault).
 RECLAIM_BATCH = os.environ.get("DP_RECLAIM_BATCH", "32")
+# Free frames the guest's background reclaim keeps (the pager's --reclaim-ahead, a guest's kswapd,
+# 1 MiB by default; 0: each fault that finds none free reclaims itself).
+RECLAIM_AHEAD = os.environ.get("DP_RECLAIM_AHEAD", "256")
 # Where the guest's swap lives: "disk" (a file on ext4 on the lab's second disk, LAB_DISK2, in
 # plain; swapfair's state and volume there too), as on a host whose VMs' disks are on its own
 # storage, or "ram" (null_blk in plain, swapfair's volume on tmpfs), a guest swap that costs
 # nothing. By default the second disk when the lab has one.
-STORE_DEV = next((f"/dev/{b}" for b in sorted(os.listdir("/sys/block")) if b.startswith("vd")
-                  and open(f"/sys/block/{b}/serial").read().strip() == "labdisk2"), None)
+STORE_DEV = _serial_dev("labdisk2")
+STORE_DELAY = _delay("LAB_DISKS_DELAY")
 STORE = os.environ.get("DP_GUEST_STORE") or ("disk" if STORE_DEV else "ram")
 STORE_DIR = "/mnt/dp-store" if STORE == "disk" else "/tmp"
 
@@ -148,7 +165,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=(), cpu=None):
     cg_write(GROUP, "memory.high", HOST_HIGH)
     out = f"/tmp/dp-{name}.jsonl"
     args = [os.path.join(BIN, "swapfair-guestpager"), "--ram", RAM, "--pages", PAGES, "--disk", disk,
-            "--pattern", PATTERN, "--writes", str(WRITES), "--reclaim-batch", RECLAIM_BATCH,
+            "--pattern", PATTERN, "--writes", str(WRITES), "--reclaim-batch", RECLAIM_BATCH, "--reclaim-ahead", RECLAIM_AHEAD,
             "--duration", str(SECONDS), "--label", name, "--output", out, "--verify"]
     if truth:
         args += ["--events", truth]
@@ -418,7 +435,13 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     log("\n=== double paging: a guest with its own swap under a host memory limit ===")
     results = {}
-    disk = next((l.split()[0] for l in open("/proc/swaps") if l.startswith("/dev/vd")), None)
+    lab_swap = next((l.split()[0] for l in open("/proc/swaps") if l.startswith("/dev/vd")), None)
+    disk = HOST_DEV or lab_swap
+    if HOST_DEV:
+        # The host swaps to the third disk alone in every configuration.
+        subprocess.run(["swapoff", "-a"], check=True)
+        subprocess.run(f"mkswap {HOST_DEV} >/dev/null && swapon {HOST_DEV}", shell=True, check=True)
+        log(f"the host swaps to {HOST_DEV} (the lab's third disk)")
     if STORE == "disk":
         if STORE_DEV is None:
             log("DP_GUEST_STORE=disk needs the lab's second disk (LAB_DISK2=SIZE)")
@@ -441,7 +464,7 @@ def main():
         results["plain"]["pte_truth"] = sum(1 for l in open(truth) if (e := json.loads(l)).get("swap_entry") and e["t"] <= SECONDS)
     subprocess.run(["modprobe", "-r", "null_blk"], stderr=subprocess.DEVNULL)
 
-    # tracking: swapfaird serves the host's swap (ublk, on the lab's swap disk itself, borrowed
+    # tracking: swapfaird serves the host's swap (ublk, on plain's host swap disk itself, borrowed
     # whole) and the guest's (its volume where plain's swap file is). elision: the same, with write
     # elision on, and swapfaird SIGKILLed and restarted between the run and the verify pass.
     subprocess.run(["swapoff", "-a"], check=True)
@@ -451,7 +474,9 @@ def main():
         r = run_swapfair(c, name, disk, elision=name in ("elision", "avoidance"), shifting=name == "avoidance")
         if r:
             results[name] = r
-    subprocess.run(f"mkswap {disk} >/dev/null && swapon {disk}", shell=True)
+    # The lab's own swap back as it was (the third disk's is left off: its last user was swapfaird).
+    if lab_swap:
+        subprocess.run(f"mkswap {lab_swap} >/dev/null && swapon {lab_swap}", shell=True)
 
     rows = []
     for name, r in results.items():
@@ -471,10 +496,12 @@ def main():
     table(["CONFIG", "HOST SWAP-IN", "HOST SWAP-OUT", "GUEST SWAP-OUT", "DOUBLE PAGED mincore", "pagemap", "OF SWAP-OUTS",
            "DETECTED", "PRECISION pagemap", "RECALL pagemap", "PRECISION mincore", "RECALL mincore", "REDUNDANT READ",
            "FALSE READS", "ACCESSES/S", "GUEST FAULT P99", "EXPORT WROTE", "ELIDED"], rows)
-    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, {PATTERN}, {100 * WRITES:g}% writes, guest reclaim {RECLAIM_BATCH} frames at a time, "
+    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, {PATTERN}, {100 * WRITES:g}% writes, guest reclaim {RECLAIM_BATCH} frames at a time"
+        f"{f' with {RECLAIM_AHEAD} frames kept free in the background' if RECLAIM_AHEAD != '0' else ''}, "
         f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}, "
         f"{'in RAM (plain: null_blk)' if STORE == 'ram' else 'on ext4 on the second disk (plain: a file there)'}; "
-        f"host swap disk {f'with {DISK_DELAY} more a request (LAB_SWAP_DELAY)' if DISK_DELAY else 'as it is'}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
+        f"host swap disk {disk}{f' with {HOST_DELAY} more a request' if HOST_DELAY else ' as it is'}"
+        f"{f', the second disk with {STORE_DELAY}' if STORE == 'disk' and STORE_DELAY else ''}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
         "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "
@@ -668,8 +695,14 @@ def main():
                     "minute to drain in this lab)")
         if "plain" in results:
             ra, rc = results["plain"]["summary"].get("rate", 0), r["summary"].get("rate", 0)
+            # The second half of each run as well: the shift's move is paid in the first half.
+            def second_half(name):
+                ls = [l for l in results[name]["lines"] if "rate" in l and "event" not in l and l["t"] > SECONDS / 2]
+                return sum(l["rate"] for l in ls) / len(ls) if ls else 0.0
+            ha, hc = second_half("plain"), second_half("avoidance")
             log(f"avoidance: throughput {rc / 1000:.1f}k accesses/s against {ra / 1000:.1f}k with no swapfair "
-                f"(goal: above it: {'met' if rc > ra else 'not met'})")
+                f"(goal: above it: {'met' if rc > ra else 'not met'}); over the second half of the run "
+                f"{hc / 1000:.2f}k against {ha / 1000:.2f}k")
     log(f"double_paging: {c.passed} passed, {c.failed} failed")
     return 0 if c.failed == 0 else 1
 

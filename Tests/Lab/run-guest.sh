@@ -15,7 +15,8 @@
 #   - cgroup2 is at /sys/fs/cgroup (nsdelegate,memory_recursiveprot) with every controller
 #     enabled in the root's cgroup.subtree_control; PSI is on; swap is active
 #   - the command runs as root, in the root cgroup, with stdin from /dev/null and a clean
-#     environment: the host's PATH and LANG, LAB_GUEST=1, SWAPFAIR_LAB_DIR, and LAB_PASS_ENV
+#     environment: the host's PATH and LANG, LAB_GUEST=1, SWAPFAIR_LAB_DIR, LAB_SWAP_DELAY and
+#     LAB_DISKS_DELAY (the disks' latencies, "none" for none), and LAB_PASS_ENV
 # A single COMMAND argument is a shell command line; several are run as an argv.
 # The command's output is streamed while it runs.
 #
@@ -31,8 +32,11 @@
 #                        a test depends on where swapped memory is accounted.
 #   LAB_SWAP_DELAY=1ms   with disk:SIZE: each request to that disk takes this much longer (nbdkit's
 #                        delay filter on the host serves the image; the wait costs the guest no CPU)
-#   LAB_DISK2=SIZE       a second disk, a sparse image with the serial "labdisk2" (the same delay
-#                        as the swap disk's), for what the guest keeps on the host's storage
+#   LAB_DISK2=SIZE       a second disk, a sparse image with the serial "labdisk2", for what the
+#                        guest keeps on the host's storage
+#   LAB_DISK3=SIZE       a third one, serial "labdisk3" (double_paging.py's host swap disk)
+#   LAB_DISKS_DELAY=1ms  the second and third disks' latency (default: LAB_SWAP_DELAY's; "none":
+#                        none), so that a test may have slow disks of its own beside a fast swap disk
 #   LAB_PASS_ENV="A B"   host variables to pass to the command
 #   LAB_MODULES="nbd"    modules to load before the command (the command may modprobe any
 #                        module in the initramfs itself)
@@ -85,11 +89,13 @@ sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }   # single-quote for sh
     echo "LAB_INIT=$(sq "${LAB_INIT:-shell}")"
 } > "$RUN/env"
 
-# the command, as a script run by the host's /bin/sh inside the guest
+disks_delay=${LAB_DISKS_DELAY:-${LAB_SWAP_DELAY:-none}}
+# the command, as a script run by the host's /bin/sh inside the guest (told the disks' delays)
 {
     echo "export PATH=$(sq "$PATH")"
     [ -n "${LANG:-}" ] && echo "export LANG=$(sq "$LANG")"
     echo "export LAB_GUEST=1 SWAPFAIR_LAB_DIR=$(sq "$LAB_DIR")"
+    echo "export LAB_SWAP_DELAY=$(sq "${LAB_SWAP_DELAY:-none}") LAB_DISKS_DELAY=$(sq "$disks_delay")"
     for v in ${LAB_PASS_ENV:-}; do
         [ -n "${!v+set}" ] && echo "export $v=$(sq "${!v}")"
     done
@@ -114,13 +120,14 @@ QEMU=(qemu-system-x86_64 -M pc -accel tcg,thread=single -cpu max -smp "$LAB_SMP"
       -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
       -virtfs "local,path=$(qe "$SHARE"),mount_tag=labshare,security_model=none,multidevs=remap")
 nbdkit_pids=()
-# disk NAME SIZE: a sparse image as a virtio disk with serial NAME, behind LAB_SWAP_DELAY if set.
+# disk NAME SIZE [DELAY]: a sparse image as a virtio disk with serial NAME, each request DELAY
+# late if given (and not "none").
 disk() {
     truncate -s "$2" "$RUN/$1.img" || exit 126
-    if [ -n "${LAB_SWAP_DELAY:-}" ]; then
+    local d=${3:-none}
+    if [ "$d" != none ]; then
         # A disk with a latency of its own, like a real one: the image served by nbdkit, each
         # read, write and discard held back by the delay filter before it is done.
-        local d=$LAB_SWAP_DELAY
         nbdkit --foreground --unix "$RUN/$1.sock" --filter=delay file "$RUN/$1.img" \
             delay-read="$d" delay-write="$d" delay-trim="$d" delay-zero="$d" > "$RUN/nbdkit-$1.log" 2>&1 &
         nbdkit_pids+=($!)
@@ -133,9 +140,10 @@ disk() {
     QEMU+=(-device "virtio-blk-pci,drive=$1,serial=$1")
 }
 case "$LAB_SWAP" in
-    disk:*) disk labswap "${LAB_SWAP#disk:}" ;;
+    disk:*) disk labswap "${LAB_SWAP#disk:}" "${LAB_SWAP_DELAY:-none}" ;;
 esac
-[ -n "${LAB_DISK2:-}" ] && disk labdisk2 "$LAB_DISK2"
+[ -n "${LAB_DISK2:-}" ] && disk labdisk2 "$LAB_DISK2" "$disks_delay"
+[ -n "${LAB_DISK3:-}" ] && disk labdisk3 "$LAB_DISK3" "$disks_delay"
 # shellcheck disable=SC2206
 [ -n "${LAB_QEMU_ARGS:-}" ] && QEMU+=($LAB_QEMU_ARGS)
 

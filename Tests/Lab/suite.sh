@@ -26,8 +26,12 @@ done
 scenarios=${scenarios# }
 run_scenarios=1
 [ $# -gt 0 ] && [ -z "$scenarios" ] && run_scenarios=0
-# The second disk holds the double-paging guest's swap: a file in (a), swapfair's volume in (b), (c).
-LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_DISK2=${LAB_DISK2:-1G} LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB_OUT ${LAB_PASS_ENV:-}" \
+# The double-paging runs have two disks of their own: the guest's swap on the second (a file in
+# (a), swapfair's volume in (b), (c)) and the host's on the third, both with a latency as a real
+# disk's weighs against the lab's emulated CPU (see the README); the other tests keep a swap disk
+# with none.
+LAB_SWAP=${LAB_SWAP:-disk:2G} LAB_DISK2=${LAB_DISK2:-1G} LAB_DISK3=${LAB_DISK3:-1G} LAB_DISKS_DELAY=${LAB_DISKS_DELAY:-1ms} \
+    LAB_TIMEOUT=${LAB_TIMEOUT:-1500} LAB_PASS_ENV="LAB_OUT ${LAB_PASS_ENV:-}" \
     Tests/Lab/run-guest.sh . "bash Tests/Lab/check.sh 2>&1 | sed -u 's/^/check: /'
         echo; echo '=== the kernel nbd client swaps to a swapfair export ==='
         bash Tests/Lab/swapdev.sh 2>&1 | grep --line-buffered -vE '^(Setting up|no label)'

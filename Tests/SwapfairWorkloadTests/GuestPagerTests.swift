@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import Synchronization
 import SwapfairWorkload
 
 /// An in-memory swap disk that counts its I/O and can flip a bit to prove the check notices.
@@ -23,6 +24,40 @@ final class MemoryDisk: GuestSwapDisk {
         if corruptNextRead { b[100] ^= 1; corruptNextRead = false }
         page.copyBytes(from: b)
         reads += 1
+    }
+}
+
+/// An in-memory swap disk that the background writer's thread and the pager may use at once; a
+/// batch holding `heldBlock` waits until `release()`, and writes may take a little while.
+final class SharedMemoryDisk: GuestSwapDisk, @unchecked Sendable {
+    struct State {
+        var blocks: [Int: [UInt8]] = [:]
+        var writes = 0, reads = 0
+        var heldBlock: Int?
+    }
+    let state = Mutex(State())
+    let gate = DispatchSemaphore(value: 0)
+    let slowWrites: Bool
+    init(slowWrites: Bool = false) { self.slowWrites = slowWrites }
+
+    func hold(block: Int) { state.withLock { $0.heldBlock = block } }
+    func release() { state.withLock { $0.heldBlock = nil }; gate.signal() }
+    var reads: Int { state.withLock { $0.reads } }
+    var writes: Int { state.withLock { $0.writes } }
+
+    func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws {
+        let held = state.withLock { s in batch.contains { $0.block == s.heldBlock } }
+        if held { gate.wait() }
+        for (block, page) in batch { try write(block: block, from: page) }
+    }
+    func write(block: Int, from page: UnsafeRawBufferPointer) throws {
+        if slowWrites { usleep(UInt32.random(in: 0...200)) }
+        let bytes = Array(page)
+        state.withLock { $0.blocks[block] = bytes; $0.writes += 1 }
+    }
+    func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws {
+        let b = try #require(state.withLock { s in s.reads += 1; return s.blocks[block] })
+        page.copyBytes(from: b)
     }
 }
 
@@ -175,6 +210,59 @@ final class MemoryDisk: GuestSwapDisk {
             // Swap-ins into host-swapped frames: page 0 comes back into frame 0 (held), 1 into 1 (not).
             for p in 0..<2 { try pager.access(page: p, write: false) }
             #expect(pager.counters.falseReads == 1 && pager.counters.swapIns == 2)
+        }
+    }
+
+    /// Background reclaim: once fewer than `reclaimAhead` frames are free, the next victims are
+    /// written while the guest goes on; a page accessed while its write is in flight keeps its
+    /// frame (a write makes it dirty again), the others' frames come free, and every page still
+    /// reads back as last written.
+    @Test func backgroundReclaimWritesAheadAndKeepsPagesTouchedMeanwhile() throws {
+        try Self.withRAM(frames: 16) { ram in
+            let disk = SharedMemoryDisk()
+            let pager = GuestPager(ram: ram, frameCount: 16, pageCount: 64, disk: disk, reclaimBatch: 4, reclaimAhead: 4) { _ in true }
+            // Block 0 is in the first background batch (the clock's first victims are pages 0-3,
+            // chosen once the 16th frame is taken); hold that batch.
+            disk.hold(block: 0)
+            for p in 0..<16 { #expect(try pager.access(page: p, write: true)) }
+            #expect(pager.counters.directReclaims == 0 && pager.counters.swapOuts == 0)
+            // Pages 0 and 1 are under writeback, still in their frames: no fault.
+            #expect(try pager.access(page: 0, write: true) == false)
+            #expect(try pager.access(page: 1, write: false) == false)
+            disk.release()
+            // No frame free: this fault takes in the written batch (waiting for it if need be).
+            #expect(try pager.access(page: 16, write: true))
+            #expect(pager.counters.swapOuts >= 4 && pager.counters.directReclaims <= 1)
+            // The pages touched during their write kept their frames; the others were freed.
+            #expect(try pager.access(page: 0, write: false) == false)
+            #expect(try pager.access(page: 1, write: false) == false)
+            let reads = disk.reads
+            #expect(try pager.access(page: 2, write: false))
+            #expect(try pager.access(page: 3, write: false))
+            #expect(disk.reads == reads + 2 && pager.counters.corrupt == 0)
+            try pager.finishWriteback()
+            #expect(pager.counters.swapOuts == UInt64(disk.writes))
+            #expect(try pager.verifyAll() == 0)
+        }
+    }
+
+    /// Background reclaim under load: random accesses, a third of them writes, while the writer
+    /// thread writes batches slowly; nothing is lost or mixed up, and faults mostly find a frame.
+    @Test func backgroundReclaimUnderLoadLosesNothing() throws {
+        try Self.withRAM(frames: 32) { ram in
+            let disk = SharedMemoryDisk(slowWrites: true)
+            let pager = GuestPager(ram: ram, frameCount: 32, pageCount: 256, disk: disk, reclaimBatch: 8, reclaimAhead: 12) { _ in true }
+            var x = XorShift(seed: 5)
+            for _ in 0..<20_000 {
+                let r = x.next()
+                try pager.access(page: Int(r % 64 == 0 ? r % 256 : r % 48), write: r & 0x300 == 0)
+            }
+            try pager.finishWriteback()
+            let c = pager.counters
+            #expect(c.guestFaults > 2_000)
+            #expect(c.swapOuts == UInt64(disk.writes) && c.corrupt == 0)
+            #expect(c.directReclaims < c.guestFaults)
+            #expect(try pager.verifyAll() == 0)
         }
     }
 }
