@@ -105,28 +105,28 @@ public final class GuestPager {
     var inFlight: Writeback?
     let writer = DispatchQueue(label: "guest-kswapd")
 
-    /// A batch handed to the background writer: what it writes, and what the pager records once
-    /// it is written (the ground truth is taken when the victims are chosen).
+    /// A page about to be written out of its frame, with the ground truth taken as it is chosen:
+    /// whether the frame was host-swapped, and whether its page-table entry was a swap entry.
+    typealias SwapOut = (block: Int, page: UnsafeRawBufferPointer, swapped: Bool, entry: Bool?)
+
+    /// A batch handed to the background writer: its frames and the swap-outs they hold.
     final class Writeback: @unchecked Sendable {
         let frames: [Int]
-        let truth: [(block: Int, swapped: Bool, entry: Bool?)]
-        let writes: [(block: Int, page: UnsafeRawBufferPointer)]
+        let outs: [SwapOut]
         let disk: any GuestSwapDisk
         /// Set by the writer before `finished` (released there, acquired by the pager).
         var failure: (any Error)?
         let finished = Atomic<Bool>(false)
         let done = DispatchSemaphore(value: 0)
 
-        init(frames: [Int], truth: [(block: Int, swapped: Bool, entry: Bool?)],
-             writes: [(block: Int, page: UnsafeRawBufferPointer)], disk: any GuestSwapDisk) {
+        init(frames: [Int], outs: [SwapOut], disk: any GuestSwapDisk) {
             self.frames = frames
-            self.truth = truth
-            self.writes = writes
+            self.outs = outs
             self.disk = disk
         }
 
         func run() {
-            do { try disk.write(batch: writes) } catch { failure = error }
+            do { try disk.write(batch: outs.map { ($0.block, $0.page) }) } catch { failure = error }
             finished.store(true, ordering: .releasing)
             done.signal()
         }
@@ -270,26 +270,21 @@ public final class GuestPager {
     /// write starts, so an access meanwhile keeps the frame (a write marks it dirty again).
     func startWriteback() {
         guard reclaimAhead > 0, inFlight == nil, neverUsed >= frameCount, freeFrames.count < reclaimAhead else { return }
-        var frames: [Int] = [], writes: [(block: Int, page: UnsafeRawBufferPointer)] = []
-        var truth: [(block: Int, swapped: Bool, entry: Bool?)] = []
+        var frames: [Int] = [], outs: [SwapOut] = []
         for f in clockVictims() {
-            let victim = Int(pageOfFrame[f])
-            if dirty[f] || !onDisk[victim] {
-                truth.append((victim, !hostResident(frame(f)), hostSwapEntry?(frame(f))))
-                writes.append((victim, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize)))
+            if let out = swapOut(f) {
+                outs.append(out)
                 frames.append(f)
                 underWriteback[f] = true
-                dirty[f] = false
             } else {
                 counters.drops += 1
-                frameOfPage[victim] = -1
-                pageOfFrame[f] = -1
-                dirty[f] = false
+                empty(f)
                 freeFrames.append(Int32(f))
             }
+            dirty[f] = false
         }
         guard !frames.isEmpty else { return }
-        let job = Writeback(frames: frames, truth: truth, writes: writes, disk: disk)
+        let job = Writeback(frames: frames, outs: outs, disk: disk)
         inFlight = job
         writer.async { job.run() }
     }
@@ -307,18 +302,35 @@ public final class GuestPager {
             for f in job.frames { dirty[f] = true }
             throw failure
         }
-        for t in job.truth {
-            if t.swapped { counters.doublePaged += 1 }
-            counters.swapOuts += 1
-            onDisk[t.block] = true
-            onSwapOut?(t.block, t.swapped, t.entry)
-        }
+        written(job.outs)
         for f in job.frames where !referenced[f] && !dirty[f] && !ballooned[f] {
-            let victim = Int(pageOfFrame[f])
-            if victim >= 0 { frameOfPage[victim] = -1 }
-            pageOfFrame[f] = -1
+            empty(f)
             freeFrames.append(Int32(f))
         }
+    }
+
+    /// The swap-out of frame `f`'s page, if its disk copy is stale (nil: empty or clean).
+    func swapOut(_ f: Int) -> SwapOut? {
+        let victim = Int(pageOfFrame[f])
+        guard victim >= 0, dirty[f] || !onDisk[victim] else { return nil }
+        return (victim, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize), !hostResident(frame(f)), hostSwapEntry?(frame(f)))
+    }
+
+    /// Records swap-outs once written: the pages are on the disk, and the ground truth is told.
+    func written(_ outs: [SwapOut]) {
+        for o in outs {
+            if o.swapped { counters.doublePaged += 1 }
+            counters.swapOuts += 1
+            onDisk[o.block] = true
+            onSwapOut?(o.block, o.swapped, o.entry)
+        }
+    }
+
+    /// Frame `f` holds no page any more.
+    func empty(_ f: Int) {
+        let page = Int(pageOfFrame[f])
+        if page >= 0 { frameOfPage[page] = -1 }
+        pageOfFrame[f] = -1
     }
 
     /// Waits for the background writer's batch, if any, and takes it in: before the balloon
@@ -380,31 +392,19 @@ public final class GuestPager {
 
     /// Empties the frames of a batch, writing the stale pages among them in one batch.
     func evict(_ frames: ArraySlice<Int>) throws {
-        var writes: [(block: Int, page: UnsafeRawBufferPointer)] = []
-        var truth: [(block: Int, swapped: Bool, entry: Bool?)] = []
+        var outs: [SwapOut] = []
         for f in frames {
-            let victim = Int(pageOfFrame[f])
             referenced[f] = false
-            guard victim >= 0 else { continue }
-            if dirty[f] || !onDisk[victim] {
-                let swapped = !hostResident(frame(f))
-                truth.append((victim, swapped, hostSwapEntry?(frame(f))))
-                writes.append((victim, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize)))
-            } else {
+            if let out = swapOut(f) {
+                outs.append(out)
+            } else if pageOfFrame[f] >= 0 {
                 counters.drops += 1
             }
         }
-        try disk.write(batch: writes)
-        for t in truth {
-            if t.swapped { counters.doublePaged += 1 }
-            counters.swapOuts += 1
-            onDisk[t.block] = true
-            onSwapOut?(t.block, t.swapped, t.entry)
-        }
+        try disk.write(batch: outs.map { ($0.block, $0.page) })
+        written(outs)
         for f in frames {
-            let victim = Int(pageOfFrame[f])
-            if victim >= 0 { frameOfPage[victim] = -1 }
-            pageOfFrame[f] = -1
+            empty(f)
             dirty[f] = false
         }
     }
