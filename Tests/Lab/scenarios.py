@@ -98,7 +98,7 @@ def hog_and_victim(c):
     # regain even when the emulated disk is slow (17 s once in CI, with the hog thrashing beside it).
     busy1, idle, busy2 = 20, 30, 40
     results = {}
-    for mode in ["none", "static", "swapfair"]:
+    for mode in HV_MODES:
         host(budget)
         for n in ["victim", "hog"]:
             cg_make(f"{HOST}/{n}")
@@ -238,8 +238,12 @@ def wake_prefetch(c):
             f"no more is read back than it has in swap ({mib(on['read'])} of {mib(on['swap'])})")
     # One lab run: back in 3.6 s against 4.9 s, 99k against 28k touches a second in the first 5 s.
     # The check is that it is no worse; the table shows by how much it is better.
-    c.check(on["regain"] is not None and off["regain"] is not None and on["regain"] <= off["regain"] + 0.5
-            and on["faults"] <= off["faults"] * 1.05,
+    # "Never" (not back within the busy phase) is later than any time: without prefetch the VM is
+    # sometimes not back at all (one CI run: never against 7.1 s with prefetch).
+    inf = float("inf")
+    on_back = inf if on["regain"] is None else on["regain"]
+    off_back = inf if off["regain"] is None else off["regain"]
+    c.check(on_back <= off_back + 0.5 and on["faults"] <= off["faults"] * 1.05,
             f"with prefetch the waking VM is back no later and faults no more (back in {fmt_s(on['regain'])} against "
             f"{fmt_s(off['regain'])}; {on['faults']} against {off['faults']} major faults in its first 5 s)")
 
@@ -532,8 +536,16 @@ SCENARIOS = {"weights": weights, "idle_tax": idle_tax, "reservation": reservatio
              "faults": faults, "hog_and_victim": hog_and_victim, "wake_prefetch": wake_prefetch}
 
 
+# hog_and_victim's modes. No check uses the no-controller row, so the full run (no scenario named,
+# as in CI) leaves it out to save about 95 s; naming the scenario runs all three.
+HV_MODES = ["none", "static", "swapfair"]
+
+
 def main():
+    global HV_MODES
     names = sys.argv[1:] or list(SCENARIOS)
+    if not sys.argv[1:]:
+        HV_MODES = ["static", "swapfair"]
     c = Checks()
     for n in names:
         t = time.monotonic()
