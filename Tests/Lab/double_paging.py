@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labkit import BIN, OUT, MiB, Checks, cg_kill_and_remove, cg_make, cg_read, cg_write, log, mib, table
+from labkit import BIN, LOCAL_OUT, OUT, MiB, Checks, cg_kill_and_remove, cg_make, cg_read, cg_write, log, mib, table
 
 GROUP = "lab.slice/dp-guest"
 BALLOON = "/run/swapfair/dp-balloon.sock"
@@ -73,6 +73,11 @@ RECLAIM_AHEAD = os.environ.get("DP_RECLAIM_AHEAD", "256")
 # nothing. By default the second disk when the lab has one.
 STORE_DEV = _serial_dev("labdisk2")
 STORE_DELAY = _delay("LAB_DISKS_DELAY")
+# DP_SHIFT_MAX: the avoidance daemon's reclaim_shift_max (e.g. "17%"; its default otherwise).
+SHIFT_MAX = os.environ.get("DP_SHIFT_MAX", "")
+# LAB_DISKS_SERIAL=1: the second and third disks serve one request at a time.
+DISKS_SERIAL = os.environ.get("LAB_DISKS_SERIAL") == "1" and bool(_delay("LAB_DISKS_DELAY"))
+SERIAL_NOTE = ", one request at a time" if DISKS_SERIAL else ""
 STORE = os.environ.get("DP_GUEST_STORE") or ("disk" if STORE_DEV else "ram")
 STORE_DIR = "/mnt/dp-store" if STORE == "disk" else "/tmp"
 
@@ -297,7 +302,7 @@ def remove_guest_device(conf):
     start, with the device out of the configuration, removes it before the next configuration."""
     with open(conf + ".cleanup", "w") as fh:
         fh.write(open(conf).read().replace(", ublk = true", ""))
-    logpath = conf + ".cleanup.log"
+    logpath = os.path.join(LOCAL_OUT, os.path.basename(conf) + ".cleanup.log")
     d = subprocess.Popen([os.path.join(BIN, "swapfaird"), "--config", conf + ".cleanup", "--socket", "/run/swapfair/dp.sock",
                           "--swap-only"], stdout=open(logpath, "w"), stderr=subprocess.STDOUT)
     wait_for(logpath, ["ublk device of a VM no longer served"], seconds=60)
@@ -330,12 +335,18 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
             # swap budget is given because the host's swap (the ublk device) is not on yet when
             # the daemon starts.
             fh.write(f'memory_budget = "{HOST_HIGH >> 20}M"\nswap_budget = "1G"\nminimum_size = "32M"\n')
+            if SHIFT_MAX:
+                fh.write(f'reclaim_shift_max = "{SHIFT_MAX}"\n')
         fh.write('[[vm]]\nname = "dp"\nswap_device = { size = "256M"' + (', ublk = true' if GUEST == "ublk" else "") + ' }\n')
         if shifting:
             fh.write(f'cgroup = "{GROUP}"\nballoon_qmp = "{BALLOON}"\n')
     detected_path = f"/tmp/dp-detected-{name}.txt"
-    logpath = os.path.join(OUT, f"dp-daemon-{name}.log")
-    restart_log = os.path.join(OUT, f"dp-daemon-{name}.after-restart.log")
+    # The daemons' logs are written in the guest's own /tmp and copied to OUT at exit: a log on the
+    # lab's 9p share once lost a line under the run's memory pressure (NUL bytes in its place on
+    # the host), the very line this waits for.
+    os.makedirs(LOCAL_OUT, exist_ok=True)
+    logpath = os.path.join(LOCAL_OUT, f"dp-daemon-{name}.log")
+    restart_log = os.path.join(LOCAL_OUT, f"dp-daemon-{name}.after-restart.log")
     d = start_daemon(conf, logpath, detected_path, control=shifting)
     ready = ["host swap device ready"] + (["VM swap block device ready"] if GUEST == "ublk" else [])
     text = wait_for(logpath, ready)
@@ -354,6 +365,10 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
         what = f"{name}: the guest's swapfair export is attached as /dev/nbd1 {attach.stderr.strip()[-200:]}"
     if not c.check(swapped_on and attached, what):
         d.kill()
+        d.wait()
+        if GUEST == "ublk":
+            # Whatever devices it made go, so that the next configuration starts as this one did.
+            remove_guest_device(conf)
         return None
     truth_path = f"/tmp/dp-truth-{name}.jsonl"
     status, host_swap = {}, {}
@@ -501,7 +516,8 @@ def main():
         f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}, "
         f"{'in RAM (plain: null_blk)' if STORE == 'ram' else 'on ext4 on the second disk (plain: a file there)'}; "
         f"host swap disk {disk}{f' with {HOST_DELAY} more a request' if HOST_DELAY else ' as it is'}"
-        f"{f', the second disk with {STORE_DELAY}' if STORE == 'disk' and STORE_DELAY else ''}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
+        f"{SERIAL_NOTE if HOST_DEV and HOST_DELAY else ''}"
+        f"{f', the second disk with {STORE_DELAY}{SERIAL_NOTE}' if STORE == 'disk' and STORE_DELAY else ''}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
         "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "
@@ -703,6 +719,17 @@ def main():
             log(f"avoidance: throughput {rc / 1000:.1f}k accesses/s against {ra / 1000:.1f}k with no swapfair "
                 f"(goal: above it: {'met' if rc > ra else 'not met'}); over the second half of the run "
                 f"{hc / 1000:.2f}k against {ha / 1000:.2f}k")
+    # Where the pager's time went over the second half of each run (its fault_ms, host_stall_ms).
+    spent = []
+    for name, r in results.items():
+        ls = [l for l in r["lines"] if "fault_ms" in l and "event" not in l and l["t"] > SECONDS / 2 and l.get("rate")]
+        # A report's second runs until its last access ends: its length is accesses / rate.
+        ms = sum(l["accesses"] / l["rate"] for l in ls) * 1000
+        if ms > 0:
+            spent.append(f"{name} {sum(l['fault_ms'] for l in ls) / ms * 100:.0f}% in guest faults, "
+                         f"{sum(l['host_stall_ms'] for l in ls) / ms * 100:.0f}% in host faults")
+    if spent:
+        log("(the pager's time over the second half: " + "; ".join(spent) + ")")
     log(f"double_paging: {c.passed} passed, {c.failed} failed")
     return 0 if c.failed == 0 else 1
 

@@ -37,6 +37,9 @@
 #   LAB_DISK3=SIZE       a third one, serial "labdisk3" (double_paging.py's host swap disk)
 #   LAB_DISKS_DELAY=1ms  the second and third disks' latency (default: LAB_SWAP_DELAY's; "none":
 #                        none), so that a test may have slow disks of its own beside a fast swap disk
+#   LAB_DISKS_SERIAL=1   with a delay, the second and third disks serve one request at a time
+#                        (nbdkit's noparallel filter): a disk whose capacity, not only its latency,
+#                        is limited, so that I/O off a task's path still takes the disk from it
 #   LAB_PASS_ENV="A B"   host variables to pass to the command
 #   LAB_MODULES="nbd"    modules to load before the command (the command may modprobe any
 #                        module in the initramfs itself)
@@ -95,7 +98,7 @@ disks_delay=${LAB_DISKS_DELAY:-${LAB_SWAP_DELAY:-none}}
     echo "export PATH=$(sq "$PATH")"
     [ -n "${LANG:-}" ] && echo "export LANG=$(sq "$LANG")"
     echo "export LAB_GUEST=1 SWAPFAIR_LAB_DIR=$(sq "$LAB_DIR")"
-    echo "export LAB_SWAP_DELAY=$(sq "${LAB_SWAP_DELAY:-none}") LAB_DISKS_DELAY=$(sq "$disks_delay")"
+    echo "export LAB_SWAP_DELAY=$(sq "${LAB_SWAP_DELAY:-none}") LAB_DISKS_DELAY=$(sq "$disks_delay") LAB_DISKS_SERIAL=$(sq "${LAB_DISKS_SERIAL:-0}")"
     for v in ${LAB_PASS_ENV:-}; do
         [ -n "${!v+set}" ] && echo "export $v=$(sq "${!v}")"
     done
@@ -120,15 +123,18 @@ QEMU=(qemu-system-x86_64 -M pc -accel tcg,thread=single -cpu max -smp "$LAB_SMP"
       -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
       -virtfs "local,path=$(qe "$SHARE"),mount_tag=labshare,security_model=none,multidevs=remap")
 nbdkit_pids=()
-# disk NAME SIZE [DELAY]: a sparse image as a virtio disk with serial NAME, each request DELAY
-# late if given (and not "none").
+# disk NAME SIZE [DELAY [SERIAL]]: a sparse image as a virtio disk with serial NAME, each request
+# DELAY late if given (and not "none"), and one at a time if SERIAL is 1.
 disk() {
     truncate -s "$2" "$RUN/$1.img" || exit 126
-    local d=${3:-none}
+    local d=${3:-none} serial=()
+    [ "${4:-0}" = 1 ] && serial=(--filter=noparallel)
     if [ "$d" != none ]; then
         # A disk with a latency of its own, like a real one: the image served by nbdkit, each
-        # read, write and discard held back by the delay filter before it is done.
-        nbdkit --foreground --unix "$RUN/$1.sock" --filter=delay file "$RUN/$1.img" \
+        # read, write and discard held back by the delay filter before it is done (and, serial,
+        # after the one before it is done: noparallel is the outer filter).
+        nbdkit --foreground --unix "$RUN/$1.sock" "${serial[@]}" --filter=delay file "$RUN/$1.img" \
+            ${serial:+serialize=all-requests} \
             delay-read="$d" delay-write="$d" delay-trim="$d" delay-zero="$d" > "$RUN/nbdkit-$1.log" 2>&1 &
         nbdkit_pids+=($!)
         for _ in $(seq 100); do [ -S "$RUN/$1.sock" ] && break; sleep 0.1; done
@@ -142,8 +148,8 @@ disk() {
 case "$LAB_SWAP" in
     disk:*) disk labswap "${LAB_SWAP#disk:}" "${LAB_SWAP_DELAY:-none}" ;;
 esac
-[ -n "${LAB_DISK2:-}" ] && disk labdisk2 "$LAB_DISK2" "$disks_delay"
-[ -n "${LAB_DISK3:-}" ] && disk labdisk3 "$LAB_DISK3" "$disks_delay"
+[ -n "${LAB_DISK2:-}" ] && disk labdisk2 "$LAB_DISK2" "$disks_delay" "${LAB_DISKS_SERIAL:-0}"
+[ -n "${LAB_DISK3:-}" ] && disk labdisk3 "$LAB_DISK3" "$disks_delay" "${LAB_DISKS_SERIAL:-0}"
 # shellcheck disable=SC2206
 [ -n "${LAB_QEMU_ARGS:-}" ] && QEMU+=($LAB_QEMU_ARGS)
 
