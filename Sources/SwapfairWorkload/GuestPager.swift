@@ -341,8 +341,9 @@ public final class GuestPager {
 
     /// The balloon: the guest keeps `count` frames (at least 16, at most all). To shrink, the
     /// balloon takes what a guest's allocator would hand its balloon driver: empty frames first,
-    /// then the least recently used, whose pages are dropped if clean (already on the disk) and
-    /// swapped out first if dirty, as a guest's reclaim would.
+    /// then from the least recently used, twice as many as it still needs, the clean ones (already
+    /// on the disk: dropped at once), then the dirty ones (swapped out first), as a guest's reclaim
+    /// frees its inactive tail's clean pages at once while the dirty ones wait for their writes.
     /// Each frame taken is given back to the host (`release`, e.g. `madvise(MADV_DONTNEED)`, which
     /// also frees its host swap slot unread). Growing lets frames go: they are empty.
     /// `prefetch` is told the frames about to be written out first, a batch at a time (e.g.
@@ -370,7 +371,9 @@ public final class GuestPager {
                 if pageOfFrame[f] < 0 { empty.append(f) } else { used.append(f) }
             }
             used.sort { lastUse[$0] < lastUse[$1] }
-            let taken = Array((empty + used).prefix(wanted))
+            let cold = used.prefix(max(0, wanted - empty.count) * 2)
+            let stale = { (f: Int) in self.dirty[f] || !self.onDisk[Int(self.pageOfFrame[f])] }
+            let taken = Array((empty + cold.filter { !stale($0) } + cold.filter(stale)).prefix(wanted))
             // In batches of 32, as a kernel's reclaim writes (SWAP_CLUSTER_MAX): each batch is
             // announced just before it is written.
             for start in stride(from: 0, to: taken.count, by: 32) {

@@ -132,11 +132,18 @@ struct GuestPagerCommand: ParsableCommand {
         var last = pager.counters
         var lastFaults = faults()
         var faultLatency = Latencies(), allFaults = Latencies()
+        // Where each second went: in guest faults (a read, a wait for a free frame), and in
+        // accesses without one that took long enough to be a host fault (the pager cannot see
+        // those otherwise; a preempted access counts too); the rest is the access loop's own work.
+        var faultSeconds = 0.0, hostStallSeconds = 0.0
+        let hostStallThreshold = 50e-6
         var t = now()
         let end = start + duration
         while t < end && !stopRequested.load(ordering: .relaxed) {
             let intervalEnd = min(end, t + interval)
             faultLatency.reset()
+            faultSeconds = 0
+            hostStallSeconds = 0
             let budget = rate > 0 ? Int(rate * (intervalEnd - t)) : Int.max
             var n = 0
             while n < budget {
@@ -149,10 +156,15 @@ struct GuestPagerCommand: ParsableCommand {
                 let page = pattern == "skewed" && r % 10 != 0 ? Int((r >> 8) % UInt64(hot)) : Int((r >> 8) % UInt64(pageCount))
                 let write = (rng.next() >> 11) < writeThreshold
                 let a = now()
-                if try pager.access(page: page, write: write) {
-                    let ns = UInt64(max(0, (now() - a) * 1e9))
+                let guestFault = try pager.access(page: page, write: write)
+                let took = max(0, now() - a)
+                if guestFault {
+                    let ns = UInt64(took * 1e9)
                     faultLatency.add(ns)
                     allFaults.add(ns)
+                    faultSeconds += took
+                } else if took >= hostStallThreshold {
+                    hostStallSeconds += took
                 }
             }
             if rate > 0 { while now() < intervalEnd && !stopRequested.load(ordering: .relaxed) { usleep(10_000) } }
@@ -166,6 +178,7 @@ struct GuestPagerCommand: ParsableCommand {
                 "false_reads": c.falseReads - last.falseReads, "direct_reclaims": c.directReclaims - last.directReclaims,
                 "host_majflt": f.major - lastFaults.major,
                 "fault_p50_us": faultLatency.percentile(0.5), "fault_p99_us": faultLatency.percentile(0.99),
+                "fault_ms": faultSeconds * 1000, "host_stall_ms": hostStallSeconds * 1000,
                 "rss": res.rss, "swap": res.swap, "guest_ram": pager.usableFrames * 4096,
             ])
             last = c

@@ -178,6 +178,38 @@ final class SharedMemoryDisk: GuestSwapDisk, @unchecked Sendable {
         }
     }
 
+    /// Among the least recently used the balloon takes the clean frames before the dirty ones, as
+    /// a guest's reclaim frees the clean pages of its inactive tail at once: no write, and no
+    /// host read of a frame the host swapped. It looks no further than twice what it needs.
+    @Test func theBalloonTakesTheColdCleanFramesBeforeTheColdDirtyOnes() throws {
+        try Self.withRAM(frames: 32) { ram in
+            let disk = MemoryDisk()
+            let pager = GuestPager(ram: ram, frameCount: 32, pageCount: 64, disk: disk, reclaimBatch: 1) { _ in true }
+            func resident(_ pages: Range<Int>) throws -> Bool {
+                let faults = pager.counters.guestFaults
+                for p in pages { try pager.access(page: p, write: false) }
+                return pager.counters.guestFaults == faults
+            }
+            // Pages 16-31 dirty in their frames; 0-15 written out by the balloon, read back clean.
+            for p in 0..<32 { try pager.access(page: p, write: true) }
+            try pager.setUsableFrames(16) { _, _ in }
+            #expect(disk.writes == 16)
+            try pager.setUsableFrames(32) { _, _ in }
+            for p in 0..<16 { try pager.access(page: p, write: false) }
+            #expect(try resident(16..<32) && resident(0..<16))
+            // Least recently used first: dirty 16-23, clean 0-7, dirty 24-31, clean 8-15.
+            #expect(try resident(16..<24) && resident(0..<8) && resident(24..<32) && resident(8..<16))
+            let writes = disk.writes
+            var released: [Int] = []
+            try pager.setUsableFrames(24) { p, _ in released.append((p - ram) / GuestPager.pageSize) }
+            #expect(released.count == 8 && pager.usableFrames == 24)
+            #expect(disk.writes == writes, "the eight coldest clean frames go, with no write")
+            #expect(try resident(16..<24), "the colder dirty frames stay")
+            #expect(try resident(8..<16), "the clean frames beyond twice what it needed stay")
+            #expect(try pager.verifyAll() == 0)
+        }
+    }
+
     @Test func aPageThatComesBackWrongIsCounted() throws {
         try Self.withRAM(frames: 2) { ram in
             let disk = MemoryDisk()
