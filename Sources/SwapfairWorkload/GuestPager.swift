@@ -309,10 +309,16 @@ public final class GuestPager {
         }
     }
 
+    /// Whether frame `f` holds a page whose disk copy is stale (dirty, or never written).
+    func isStale(_ f: Int) -> Bool {
+        let page = Int(pageOfFrame[f])
+        return page >= 0 && (dirty[f] || !onDisk[page])
+    }
+
     /// The swap-out of frame `f`'s page, if its disk copy is stale (nil: empty or clean).
     func swapOut(_ f: Int) -> SwapOut? {
+        guard isStale(f) else { return nil }
         let victim = Int(pageOfFrame[f])
-        guard victim >= 0, dirty[f] || !onDisk[victim] else { return nil }
         return (victim, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize), !hostResident(frame(f)), hostSwapEntry?(frame(f)))
     }
 
@@ -372,13 +378,12 @@ public final class GuestPager {
             }
             used.sort { lastUse[$0] < lastUse[$1] }
             let cold = used.prefix(max(0, wanted - empty.count) * 2)
-            let stale = { (f: Int) in self.dirty[f] || !self.onDisk[Int(self.pageOfFrame[f])] }
-            let taken = Array((empty + cold.filter { !stale($0) } + cold.filter(stale)).prefix(wanted))
+            let taken = Array((empty + cold.filter { !isStale($0) } + cold.filter(isStale)).prefix(wanted))
             // In batches of 32, as a kernel's reclaim writes (SWAP_CLUSTER_MAX): each batch is
             // announced just before it is written.
             for start in stride(from: 0, to: taken.count, by: 32) {
                 let batch = taken[start..<min(taken.count, start + 32)]
-                for f in batch where pageOfFrame[f] >= 0 && (dirty[f] || !onDisk[Int(pageOfFrame[f])]) {
+                for f in batch where isStale(f) {
                     prefetch(frame(f), Self.pageSize)
                 }
                 try evict(batch)

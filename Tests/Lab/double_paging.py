@@ -161,6 +161,11 @@ def cpu_line(name, cpu):
             + (f"; swapfaird {us(cpu['swapfaird'])}: {threads}" if "swapfaird" in cpu else ""))
 
 
+def per_second(lines, after=0.0):
+    """The pager's per-second report lines (not its events), those ending after `after` s."""
+    return [l for l in lines if "rate" in l and "event" not in l and l["t"] > after]
+
+
 def run_guest(name, disk, truth=None, paused=None, extra=(), cpu=None):
     """One run of the guest pager in its own group, with the host's limit below its RAM.
     `paused`: called once the pager has finished its run and let go of its disk, before it
@@ -631,8 +636,7 @@ def main():
             # are read back once for the guest to write them. So the effect is judged once the
             # balloon has settled (its last move plus 2 s, to the end of the run), against the
             # tracking run's rate from the moment its double paging began.
-            per_s = lambda lines: [l for l in lines if "rate" in l and "event" not in l]
-            t_lines, a_lines = per_s(results["tracking"]["lines"]), per_s(r["lines"])
+            t_lines, a_lines = per_second(results["tracking"]["lines"]), per_second(r["lines"])
             onset = next((l["t"] for l in t_lines if l["double_paged"] > 0), None)
             ref = [l for l in t_lines if onset is not None and l["t"] >= onset]
             settled_at = max((l["t"] for l in balloon if l["to"] < l["from"]), default=SECONDS) + 2
@@ -713,7 +717,7 @@ def main():
             ra, rc = results["plain"]["summary"].get("rate", 0), r["summary"].get("rate", 0)
             # The second half of each run as well: the shift's move is paid in the first half.
             def second_half(name):
-                ls = [l for l in results[name]["lines"] if "rate" in l and "event" not in l and l["t"] > SECONDS / 2]
+                ls = per_second(results[name]["lines"], SECONDS / 2)
                 return sum(l["rate"] for l in ls) / len(ls) if ls else 0.0
             ha, hc = second_half("plain"), second_half("avoidance")
             log(f"avoidance: throughput {rc / 1000:.1f}k accesses/s against {ra / 1000:.1f}k with no swapfair "
@@ -722,7 +726,7 @@ def main():
     # Where the pager's time went over the second half of each run (its fault_ms, host_stall_ms).
     spent = []
     for name, r in results.items():
-        ls = [l for l in r["lines"] if "fault_ms" in l and "event" not in l and l["t"] > SECONDS / 2 and l.get("rate")]
+        ls = [l for l in per_second(r["lines"], SECONDS / 2) if "fault_ms" in l and l["rate"]]
         # A report's second runs until its last access ends: its length is accesses / rate.
         ms = sum(l["accesses"] / l["rate"] for l in ls) * 1000
         if ms > 0:
