@@ -155,7 +155,7 @@ public final class SwapDevices: Sendable {
         let device: UblkDevice
         do {
             device = try UblkDevice(target: target, queueDepth: min(queueDepth, 128), maxIOBytes: 512 << 10, recover: previous,
-                                    threadName: "ublk-\(target.name)")
+                                    threadName: "ublk-\(target.name)", rotational: BlockDeviceFacts.isRotational(fd: target.volume.fd))
         } catch { throw .blockDevice(target.name, "\(error)") }
         try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
         let path = device.blockDevicePath
@@ -312,12 +312,16 @@ public final class SwapDevices: Sendable {
             } else {
                 TrackedTarget(inner: VolumeTarget(volume: volume), tracker: tracker)
             }
+            // As rotational as the disk under the volume: the kernel reads swap back by slot
+            // clusters from a spinning disk and along each address space from the others, and the
+            // host should swap through swapfaird as it would to that disk.
+            let rotational = BlockDeviceFacts.isRotational(fd: volume.fd)
             let device = try UblkDevice(target: target, queueDepth: min(c.host.swapQueueDepth, 128), maxIOBytes: maxIO,
-                                        recover: previous)
+                                        recover: previous, rotational: rotational)
             try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
             var metadata: Logger.Metadata = [
                 "device": "\(device.blockDevicePath)", "volume": "\(volume.path)", "size": "\(size)",
-                "direct_io": "\(volume.direct)",
+                "direct_io": "\(volume.direct)", "rotational": "\(rotational)",
             ]
             if device.recovered { metadata["waited"] = "\((device.recoveryWait * 10).rounded() / 10) s" }
             logger.notice(device.recovered ? "host swap device taken over from the previous daemon; its held I/O resumes"

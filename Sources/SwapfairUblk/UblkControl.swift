@@ -94,11 +94,12 @@ final class UblkControl {
     }
 
     /// A block device of `size` bytes with 4 KiB logical and physical blocks (what a swap device
-    /// wants), taking discards and write-zeroes.
-    func setParameters(device: UInt32, size: UInt64, maxIOBytes: Int) throws(UblkError) {
+    /// wants), taking discards and write-zeroes, rotational or not as the disk under its store is.
+    func setParameters(device: UInt32, size: UInt64, maxIOBytes: Int, rotational: Bool) throws(UblkError) {
         var p = ublk_params()
         p.len = UInt32(MemoryLayout<ublk_params>.size)
         p.types = UInt32(UBLK_PARAM_TYPE_BASIC | UBLK_PARAM_TYPE_DISCARD)
+        p.basic.attrs = rotational ? UInt32(UBLK_ATTR_ROTATIONAL) : 0
         p.basic.logical_bs_shift = 12
         p.basic.physical_bs_shift = 12
         p.basic.io_opt_shift = 12

@@ -36,9 +36,10 @@ public final class UblkDevice: @unchecked Sendable {
     /// `recover`, the id of a device a previous server of this target made: if that server died
     /// and the kernel holds the device quiesced, it is taken over instead (the block device, and
     /// whatever swap is on it, lives on; held requests are issued again to this server).
-    /// `threadName`: the queue thread's name.
+    /// `threadName`: the queue thread's name. `rotational`: whether the device says it spins (the
+    /// kernel keeps a device's attributes across a take-over).
     public init(target: any UblkTarget, queueDepth requestedDepth: Int = 64, maxIOBytes requestedMax: Int = 512 << 10,
-                recover previous: UInt32? = nil, threadName: String = "ublk-queue") throws(UblkError) {
+                recover previous: UInt32? = nil, threadName: String = "ublk-queue", rotational: Bool = false) throws(UblkError) {
         let control = try UblkControl()
         let began = monotonicSeconds()
         var id = UInt32.max, queueDepth = requestedDepth, maxIOBytes = requestedMax
@@ -93,7 +94,7 @@ public final class UblkDevice: @unchecked Sendable {
         } else {
             id = try control.addDevice(queueDepth: queueDepth, maxIOBytes: maxIOBytes)
             do {
-                try control.setParameters(device: id, size: target.size, maxIOBytes: maxIOBytes)
+                try control.setParameters(device: id, size: target.size, maxIOBytes: maxIOBytes, rotational: rotational)
             } catch {
                 undo()
                 throw error

@@ -128,6 +128,7 @@ struct GuestPagerCommand: ParsableCommand {
                   "disk": disk, "direct_io": swapDisk.direct, "pattern": pattern, "hot_set": hot * 4096, "writes": writes])
 
         var rng = XorShift(seed: seed)
+        let skewed = pattern == "skewed"
         let writeThreshold = UInt64(writes * Double(UInt64.max >> 11)) // compared with 53 random bits
         var last = pager.counters
         var lastFaults = faults()
@@ -136,6 +137,8 @@ struct GuestPagerCommand: ParsableCommand {
         // accesses without one that took long enough to be a host fault (the pager cannot see
         // those otherwise; a preempted access counts too); the rest is the access loop's own work.
         var faultSeconds = 0.0, hostStallSeconds = 0.0
+        // Guest faults on the hot set (skewed): whether the guest's replacement keeps its working set.
+        var hotFaults = 0
         let hostStallThreshold = 50e-6
         var t = now()
         let end = start + duration
@@ -144,6 +147,7 @@ struct GuestPagerCommand: ParsableCommand {
             faultLatency.reset()
             faultSeconds = 0
             hostStallSeconds = 0
+            hotFaults = 0
             let budget = rate > 0 ? Int(rate * (intervalEnd - t)) : Int.max
             var n = 0
             while n < budget {
@@ -153,7 +157,7 @@ struct GuestPagerCommand: ParsableCommand {
                 }
                 n += 1
                 let r = rng.next()
-                let page = pattern == "skewed" && r % 10 != 0 ? Int((r >> 8) % UInt64(hot)) : Int((r >> 8) % UInt64(pageCount))
+                let page = skewed && r % 10 != 0 ? Int((r >> 8) % UInt64(hot)) : Int((r >> 8) % UInt64(pageCount))
                 let write = (rng.next() >> 11) < writeThreshold
                 let a = now()
                 let guestFault = try pager.access(page: page, write: write)
@@ -163,6 +167,7 @@ struct GuestPagerCommand: ParsableCommand {
                     faultLatency.add(ns)
                     allFaults.add(ns)
                     faultSeconds += took
+                    if skewed && page < hot { hotFaults += 1 }
                 } else if took >= hostStallThreshold {
                     hostStallSeconds += took
                 }
@@ -178,7 +183,7 @@ struct GuestPagerCommand: ParsableCommand {
                 "false_reads": c.falseReads - last.falseReads, "direct_reclaims": c.directReclaims - last.directReclaims,
                 "host_majflt": f.major - lastFaults.major,
                 "fault_p50_us": faultLatency.percentile(0.5), "fault_p99_us": faultLatency.percentile(0.99),
-                "fault_ms": faultSeconds * 1000, "host_stall_ms": hostStallSeconds * 1000,
+                "fault_ms": faultSeconds * 1000, "host_stall_ms": hostStallSeconds * 1000, "hot_faults": hotFaults,
                 "rss": res.rss, "swap": res.swap, "guest_ram": pager.usableFrames * 4096,
             ])
             last = c

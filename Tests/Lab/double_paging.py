@@ -73,6 +73,8 @@ RECLAIM_AHEAD = os.environ.get("DP_RECLAIM_AHEAD", "256")
 # nothing. By default the second disk when the lab has one.
 STORE_DEV = _serial_dev("labdisk2")
 STORE_DELAY = _delay("LAB_DISKS_DELAY")
+# DP_ROTATIONAL=1: leave the delayed disks rotational, as virtio says they are (see main()).
+ROTATIONAL = os.environ.get("DP_ROTATIONAL") == "1"
 # DP_SHIFT_MAX: the avoidance daemon's reclaim_shift_max (e.g. "17%"; its default otherwise).
 SHIFT_MAX = os.environ.get("DP_SHIFT_MAX", "")
 # LAB_DISKS_SERIAL=1: the second and third disks serve one request at a time.
@@ -457,6 +459,16 @@ def main():
     results = {}
     lab_swap = next((l.split()[0] for l in open("/proc/swaps") if l.startswith("/dev/vd")), None)
     disk = HOST_DEV or lab_swap
+    # The delayed disks stand for NVMe (see the README), which is not rotational; a virtio disk says
+    # it is. The kernel reads swap back differently from the two (by slot clusters from a rotational
+    # device, along each address space from the others, and the first while any rotational swap is
+    # on), and swapfaird's devices say what the disk under them says: mark both disks as what they
+    # stand for before anything swaps to them (DP_ROTATIONAL=1 keeps virtio's word).
+    if not ROTATIONAL:
+        for dev in (HOST_DEV, STORE_DEV):
+            if dev and (HOST_DELAY or STORE_DELAY):
+                with open(f"/sys/block/{os.path.basename(dev)}/queue/rotational", "w") as fh:
+                    fh.write("0")
     if HOST_DEV:
         # The host swaps to the third disk alone in every configuration.
         subprocess.run(["swapoff", "-a"], check=True)
@@ -522,7 +534,8 @@ def main():
         f"{'in RAM (plain: null_blk)' if STORE == 'ram' else 'on ext4 on the second disk (plain: a file there)'}; "
         f"host swap disk {disk}{f' with {HOST_DELAY} more a request' if HOST_DELAY else ' as it is'}"
         f"{SERIAL_NOTE if HOST_DEV and HOST_DELAY else ''}"
-        f"{f', the second disk with {STORE_DELAY}{SERIAL_NOTE}' if STORE == 'disk' and STORE_DELAY else ''}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
+        f"{f', the second disk with {STORE_DELAY}{SERIAL_NOTE}' if STORE == 'disk' and STORE_DELAY else ''}"
+        f"{'' if ROTATIONAL or not (HOST_DELAY or STORE_DELAY) else ', delayed disks marked non-rotational (as NVMe)'}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
         "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "

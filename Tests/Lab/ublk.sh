@@ -57,6 +57,11 @@ if [ -n "$dev" ] && [ -b "$dev" ]; then
 else
     ko "no ublk device: $(tail -3 "$OUT/daemon.log")"; finish
 fi
+# The kernel reads swap back by slot clusters from a rotational device and along each address
+# space from the others: the device must say what the disk under its volume says.
+under=$(cat "/sys/block/${disk#/dev/}/queue/rotational"); says=$(cat "/sys/block/${dev#/dev/}/queue/rotational")
+[ "$under" = "$says" ] && ok "$dev is as rotational as $disk under it (rotational=$says)" \
+    || ko "$dev says rotational=$says, its volume's disk $disk says $under"
 
 # Data integrity: random 4 KiB writes at depth 32, then 64 KiB sequential, each verified on read-back.
 for job in "randwrite 4k 32" "write 64k 8"; do

@@ -19,6 +19,7 @@ import Testing
         }
         let seconds = lines.filter { $0["event"] == nil && $0["accesses"] != nil }
         try #require(seconds.count >= 2, "\(r.output.prefix(500))")
+        var hotFaults = 0
         for s in seconds {
             let faults = (s["guest_faults"] as? Int) ?? -1
             let inFaults = try #require(s["fault_ms"] as? Double, "\(s)")
@@ -26,7 +27,13 @@ import Testing
             #expect(faults > 0, "a pager with 4 MiB of frames for 16 MiB of pages faults every second: \(s)")
             #expect(inFaults > 0 && inFaults <= 1100, "\(s)")
             #expect(stalls >= 0 && inFaults + stalls <= 1100, "\(s)")
+            // The skewed pattern (the default): faults on the hot set are some of the faults.
+            let hot = try #require(s["hot_faults"] as? Int, "\(s)")
+            #expect(hot >= 0 && hot <= faults, "\(s)")
+            hotFaults += hot
         }
+        // The hot set's first touches fault, if nothing later does.
+        #expect(hotFaults > 0)
         let verify = lines.first { ($0["event"] as? String) == "verify" }
         #expect((verify?["bad"] as? Int) == 0, "\(r.output.suffix(300))")
     }
