@@ -12,10 +12,7 @@ public enum BlockDeviceFacts {
     public static func isRotational(fd: Int32, sys: String = "/sys") -> Bool {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return false }
-        let dev = UInt64(st.st_mode & S_IFMT == S_IFBLK ? st.st_rdev : st.st_dev)
-        // glibc's major()/minor() are macros: the same bit layout, spelled out.
-        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))
-        let minor = (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))
+        let (major, minor) = majorMinor(UInt64(st.st_mode & S_IFMT == S_IFBLK ? st.st_rdev : st.st_dev))
         guard major != 0 else { return false }  // an anonymous device: tmpfs, overlay, 9p
         for path in ["\(sys)/dev/block/\(major):\(minor)/queue/rotational",
                      "\(sys)/dev/block/\(major):\(minor)/../queue/rotational"] {
@@ -24,5 +21,11 @@ public enum BlockDeviceFacts {
             }
         }
         return false
+    }
+
+    /// A device number's major and minor (glibc's `major()`/`minor()` are macros: the same bit
+    /// layout, spelled out).
+    public static func majorMinor(_ dev: UInt64) -> (major: UInt64, minor: UInt64) {
+        (((dev & 0xf_ff00) >> 8) | ((dev & 0xffff_f000_0000_0000) >> 32), (dev & 0xff) | ((dev & 0xfff_fff0_0000) >> 12))
     }
 }

@@ -16,9 +16,7 @@ import Testing
         try rotational.write(toFile: root + "/devices/disk/queue/rotational", atomically: true, encoding: .utf8)
         #expect(FileManager.default.createFile(atPath: file, contents: Data([1])))
         let st = try FileManager.default.attributesOfItem(atPath: file)
-        let dev = (st[.systemNumber] as? NSNumber)?.uint64Value ?? 0
-        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff))
-        let minor = (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff))
+        let (major, minor) = BlockDeviceFacts.majorMinor((st[.systemNumber] as? NSNumber)?.uint64Value ?? 0)
         try FileManager.default.createSymbolicLink(atPath: root + "/dev/block/\(major):\(minor)",
                                                    withDestinationPath: root + (partition ? "/devices/disk/disk1" : "/devices/disk"))
         return (root, try #require(FileHandle(forReadingAtPath: file)))
@@ -32,6 +30,14 @@ import Testing
         let st = try FileManager.default.attributesOfItem(atPath: sys + "/store")
         guard ((st[.systemNumber] as? NSNumber)?.uint64Value ?? 0) >> 8 != 0 else { return }
         #expect(BlockDeviceFacts.isRotational(fd: file.fileDescriptor, sys: sys) == expected)
+    }
+
+    /// Device numbers laid out as glibc's makedev() does (low minor bits, 12 major bits, high minor
+    /// bits, high major bits).
+    @Test func deviceNumbersSplitAsGlibcDoes() {
+        #expect(BlockDeviceFacts.majorMinor(0x801) == (8, 1))
+        #expect(BlockDeviceFacts.majorMinor(0x11_032C) == (259, 300))
+        #expect(BlockDeviceFacts.majorMinor(0x1000_0000_0405) == (4100, 5))
     }
 
     @Test func noSysfsEntryMeansNotRotational() throws {
