@@ -97,10 +97,11 @@ public final class SwapDevices: Sendable {
             }
             let share = Self.share(d)
             engine.setShare(client: index, share)
+            let rotational = BlockDeviceFacts.isRotational(fd: volume.fd)
             do {
                 let server = try ExportServer(name: vm.name, socketPath: "\(c.host.nbdDir)/\(vm.name).sock", volume: volume,
                                               client: index, engine: engine, pool: pool, access: access, logger: logger,
-                                              writeObserver: observer, sharing: sharing)
+                                              writeObserver: observer, sharing: sharing, rotational: rotational)
                 servers[vm.name] = server
             } catch { throw .export(vm.name, error) }
             clients[vm.name] = index
@@ -112,7 +113,8 @@ public final class SwapDevices: Sendable {
             }
             logger.notice("swap device ready", metadata: [
                 "vm": "\(vm.name)", "socket": "\(c.host.nbdDir)/\(vm.name).sock", "volume": "\(volume.path)",
-                "size": "\(d.size)", "direct_io": "\(volume.direct)", "share": "\(Self.describe(share))",
+                "size": "\(d.size)", "direct_io": "\(volume.direct)", "rotational": "\(rotational)",
+                "share": "\(Self.describe(share))",
             ])
         }
         self.servers = servers

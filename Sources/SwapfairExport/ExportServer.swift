@@ -46,7 +46,7 @@ public final class ExportServer: Sendable {
     public init(name: String, socketPath: String, volume: Volume, client: Int, engine: SwapEngine, pool: BufferPool,
                 access: ExportAccess, logger: Logger,
                 writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)? = nil,
-                sharing: (any BlockSharing)? = nil) throws(SysError) {
+                sharing: (any BlockSharing)? = nil, rotational: Bool = false) throws(SysError) {
         self.writeObserver = writeObserver
         self.sharing = sharing
         self.name = name
@@ -57,7 +57,10 @@ public final class ExportServer: Sendable {
         self.pool = pool
         self.access = access
         self.logger = logger
-        let flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .canMultiConn]
+        var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .canMultiConn]
+        // The kernel's client marks its device rotational when told, and the kernel then reads
+        // swap back by slot clusters, as from the disk under the volume.
+        if rotational { flags.insert(.rotational) }
         // The maximum is the protocol's usual 32 MiB, not the pool's buffer size: the kernel's client
         // does not ask for block sizes and sends up to max_sectors_kb (1280 KiB by default) at once.
         // Requests larger than a pool buffer get a buffer of their own.

@@ -44,13 +44,13 @@ public struct GuestPagerCounters: Sendable, Equatable {
 
 /// A guest's memory management in miniature, over a real mapping: `frameCount` 4 KiB frames of
 /// "guest RAM" hold `pageCount` guest pages; when a page that is not in a frame is accessed, the
-/// pager frees frames by the clock algorithm (second chance), `reclaimBatch` at a time as a guest
-/// kernel's reclaim does, writes the victims whose disk copy is not current to its swap disk
-/// together, and reads the page in (or fills a new one). With `reclaimAhead` frames to keep free,
-/// reclaim runs ahead of the faults as a guest's kswapd does: a batch of victims is written by a
-/// background writer while the guest goes on, and a fault waits only when no frame is free at all
-/// (direct reclaim). Freed frames are
-/// reused and overwritten, as a guest's are. The host sees only the frames: when the host's memory
+/// pager frees frames by the clock algorithm (second chance, a page's fault not counting as its
+/// use), `reclaimBatch` at a time as a guest kernel's reclaim does, writes the victims whose disk
+/// copy is not current to its swap disk together, and reads the page in (or fills a new one). With
+/// `reclaimAhead` frames to keep free, reclaim runs ahead of the faults as a guest's kswapd does: a
+/// batch of victims is written by a background writer while the guest goes on, and a fault waits
+/// only when no frame is free at all (direct reclaim). Freed frames are reused and overwritten, as
+/// a guest's are. The host sees only the frames: when the host's memory
 /// limit is below them, the host swaps frames too, and the pager records, for every swap-out and
 /// swap-in, whether the frame was host-resident at that moment (`hostResident`, e.g. `mincore`).
 ///
@@ -185,8 +185,15 @@ public final class GuestPager {
         let faulted = f < 0
         if faulted {
             f = try fault(page)
+        } else {
+            // Only a second touch counts: the faulting access is not a reference. A page faulted
+            // in and never touched again goes at the hand's next pass, while a page touched since
+            // keeps its frame, as Linux keeps new anonymous pages on its inactive list until they
+            // are used again ("look twice"). A clock that counted the fault would give every new
+            // page the hot pages' second chance, and when the frames first fill its hand would
+            // clear them all and evict in fault order, hot pages with the cold.
+            referenced[f] = true
         }
-        referenced[f] = true
         lastUse[f] = counters.accesses
         if write {
             version[page] &+= 1

@@ -68,6 +68,17 @@ func tool(_ name: String) throws -> String {
     throw CancellationError()
 }
 
+/// Whether lsblk says the disk holding `path` spins (false when no block device holds it: tmpfs,
+/// overlay).
+func diskIsRotational(under path: String) throws -> Bool {
+    let mount = try run(try tool("findmnt"), ["-n", "-o", "SOURCE", "--target", path])
+    // A bind mount's source reads "/dev/vda1[/sub/dir]".
+    let source = String(mount.output.prefix { $0 != "[" && !$0.isNewline })
+    guard mount.status == 0, source.hasPrefix("/dev/") else { return false }
+    let r = try run(try tool("lsblk"), ["-n", "-d", "-o", "ROTA", source])
+    return r.output.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+}
+
 @Suite(.serialized) struct SwapDeviceTests {
     /// `ublk = true` on a kernel without ublk: the daemon refuses to start, naming the VM, the
     /// key and what is missing, rather than serve the VM without the device it was told to use.
@@ -99,6 +110,9 @@ func tool(_ name: String) throws -> String {
         #expect(r.output.contains("\"export-size\": 67108864"))
         #expect(r.output.contains("\"block_size_minimum\": 4096"))
         #expect(r.output.contains("\"can_trim\": true") && r.output.contains("\"can_flush\": true"))
+        // As rotational as the disk under the volume, by lsblk's word.
+        let spins = try diskIsRotational(under: d.dir)
+        #expect(r.output.contains("\"is_rotational\": \(spins)"), "\(r.output)")
         let list = try run(try tool("nbdinfo"), ["--list", "nbd+unix:///?socket=\(d.socket("web"))"])
         #expect(list.output.contains("export=\"web\""), "\(list.output)")
     }

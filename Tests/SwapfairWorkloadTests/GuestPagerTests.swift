@@ -87,6 +87,23 @@ final class SharedMemoryDisk: GuestSwapDisk, @unchecked Sendable {
         }
     }
 
+    /// The fault is not a use: with every frame full, a page touched again since its fault keeps its
+    /// frame and one touched only by its fault goes, whatever the order they came in (a clock that
+    /// counted the fault would clear every bit and evict the oldest, page 0).
+    @Test func aPageTouchedOnlyByItsFaultGoesBeforeOneTouchedAgain() throws {
+        try Self.withRAM(frames: 4) { (ram) throws in
+            let pager = GuestPager(ram: ram, frameCount: 4, pageCount: 16, disk: MemoryDisk()) { _ in true }
+            for p in 0..<4 { #expect(try pager.access(page: p, write: true)) }
+            for p in [0, 1] { #expect(try pager.access(page: p, write: false) == false) }
+            #expect(try pager.access(page: 4, write: true))
+            #expect(try pager.access(page: 0, write: false) == false)
+            #expect(try pager.access(page: 1, write: false) == false)
+            #expect(try pager.access(page: 3, write: false) == false)
+            #expect(try pager.access(page: 2, write: false), "page 2, touched only by its fault, was the victim")
+            #expect(try pager.verifyAll() == 0)
+        }
+    }
+
     /// Reclaim in batches: with no frame free the clock frees up to `reclaimBatch` at once and the
     /// stale ones among them go to the disk in one write, so most faults find a free frame.
     @Test func reclaimFreesABatchOfFramesAtOnce() throws {
