@@ -65,7 +65,7 @@ public final class SwapDevices: Sendable {
             try FileAccess.makeDirectory(volumes, mode: 0o700)
         } catch { throw .export("*", error) }
         var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]
-        var targets: [(EngineTarget, owner: (uid: UInt32, gid: UInt32))] = []
+        var targets: [(EngineTarget, owner: (uid: UInt32, gid: UInt32), rotational: Bool)] = []
         if let vm = devices.first(where: { $0.2.ublk })?.1, let why = UblkDevice.unavailableReason() {
             throw .blockDevice(vm.name, why)
         }
@@ -109,7 +109,7 @@ public final class SwapDevices: Sendable {
             if d.ublk {
                 targets.append((EngineTarget(name: vm.name, volume: volume, client: index, engine: engine,
                                              writeObserver: observer, sharing: sharing),
-                                (uids.first ?? 0, gids.first ?? 0)))
+                                (uids.first ?? 0, gids.first ?? 0), rotational))
             }
             logger.notice("swap device ready", metadata: [
                 "vm": "\(vm.name)", "socket": "\(c.host.nbdDir)/\(vm.name).sock", "volume": "\(volume.path)",
@@ -129,10 +129,10 @@ public final class SwapDevices: Sendable {
         engine.start()
         // After the engine: a ublk device takes I/O (the kernel's partition scan) as it starts.
         var blockDevices: [String: UblkDevice] = [:]
-        for (target, owner) in targets {
+        for (target, owner, rotational) in targets {
             do {
-                blockDevices[target.name] = try Self.blockDevice(target, directory: volumes, linkDirectory: c.host.nbdDir,
-                                                                 owner: owner, queueDepth: c.host.swapQueueDepth, logger: logger)
+                blockDevices[target.name] = try Self.blockDevice(target, directory: volumes, linkDirectory: c.host.nbdDir, owner: owner,
+                                                                 rotational: rotational, queueDepth: c.host.swapQueueDepth, logger: logger)
             } catch {
                 for d in blockDevices.values { d.detach() }
                 engine.stop()
@@ -150,14 +150,15 @@ public final class SwapDevices: Sendable {
     /// name a VM's unit can give its VMM. Made with ublk's user recovery, as the host's swap device
     /// is: a restarted daemon takes it over (its id is kept in `<volumes>/NAME.ublk-id`) and the
     /// requests the kernel held meanwhile go on, so a restart costs the guest no I/O error.
+    /// `rotational`: whether the disk under the volume spins, as its NBD export says too.
     static func blockDevice(_ target: EngineTarget, directory: String, linkDirectory: String, owner: (uid: UInt32, gid: UInt32),
-                            queueDepth: Int, logger: Logger) throws(Failure) -> UblkDevice {
+                            rotational: Bool, queueDepth: Int, logger: Logger) throws(Failure) -> UblkDevice {
         let idFile = "\(directory)/\(target.name).ublk-id"
         let previous = savedDeviceID(idFile)
         let device: UblkDevice
         do {
             device = try UblkDevice(target: target, queueDepth: min(queueDepth, 128), maxIOBytes: 512 << 10, recover: previous,
-                                    threadName: "ublk-\(target.name)", rotational: BlockDeviceFacts.isRotational(fd: target.volume.fd))
+                                    threadName: "ublk-\(target.name)", rotational: rotational)
         } catch { throw .blockDevice(target.name, "\(error)") }
         try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
         let path = device.blockDevicePath

@@ -1,12 +1,13 @@
 import Dispatch
 import Synchronization
 
-/// Where a guest pager keeps the pages it swaps out: its swap disk, one 4 KiB block per page.
+/// Where a guest pager keeps the pages it swaps out: its swap disk, of 4 KiB blocks (swap slots).
 public protocol GuestSwapDisk {
     func write(block: Int, from page: UnsafeRawBufferPointer) throws
     func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws
     /// Several pages at once, in any order or all together (a guest kernel's batch of swap writes
-    /// is in flight at once); returns when all are written.
+    /// is in flight at once, and pages bound for neighbouring blocks merge into one request);
+    /// returns when all are written.
     func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws
 }
 
@@ -46,7 +47,11 @@ public struct GuestPagerCounters: Sendable, Equatable {
 /// "guest RAM" hold `pageCount` guest pages; when a page that is not in a frame is accessed, the
 /// pager frees frames by the clock algorithm (second chance, a page's fault not counting as its
 /// use), `reclaimBatch` at a time as a guest kernel's reclaim does, writes the victims whose disk
-/// copy is not current to its swap disk together, and reads the page in (or fills a new one). With
+/// copy is not current to its swap disk together, and reads the page in (or fills a new one). As
+/// a Linux guest does, it gives each page it writes out a swap slot from `SwapSlots` (a batch gets
+/// neighbouring slots, written as few requests), keeps a page's slot while the page is clean in its
+/// frame (dropping it again costs no write), and frees the slot when the page is written to, or
+/// as it is read back once more than half the slots are in use. With
 /// `reclaimAhead` frames to keep free, reclaim runs ahead of the faults as a guest's kswapd does: a
 /// batch of victims is written by a background writer while the guest goes on, and a fault waits
 /// only when no frame is free at all (direct reclaim). Freed frames are reused and overwritten, as
@@ -61,7 +66,7 @@ public final class GuestPager {
     public let frameCount: Int
     public let pageCount: Int
     public private(set) var counters = GuestPagerCounters()
-    /// Called once per written swap-out: the block, whether its frame was host-swapped (not
+    /// Called once per written swap-out: the block (its swap slot), whether its frame was host-swapped (not
     /// resident), and whether its page-table entry was a swap entry (`hostSwapEntry`; nil when
     /// that is not known). The two differ for a frame the host read back by swap readahead: it is
     /// resident, in the swap cache, but the host did read it from its swap.
@@ -80,7 +85,9 @@ public final class GuestPager {
     var referenced: [Bool]
     /// The frame holds a version of its page that its disk block does not.
     var dirty: [Bool]
-    var onDisk: [Bool]
+    /// Page → its swap slot (the disk block holding a copy), or -1.
+    var slotOfPage: [Int32]
+    public private(set) var slots: SwapSlots
     var version: [UInt32]
     var hand = 0
     /// Frames below this have been used; the rest are handed out before the clock runs.
@@ -134,10 +141,12 @@ public final class GuestPager {
 
     /// `ram` must hold `frameCount` page-aligned frames and stay mapped while the pager lives.
     /// With `reclaimAhead` > 0 the disk is written from a background thread while the pager reads
-    /// other blocks of it, so it must allow that.
-    public init(ram: UnsafeMutableRawPointer, frameCount: Int, pageCount: Int, disk: any GuestSwapDisk, seed: UInt64 = 1,
-                reclaimBatch: Int = 1, reclaimAhead: Int = 0, hostResident: @escaping (UnsafeRawPointer) -> Bool) {
+    /// other blocks of it, so it must allow that. The disk has `diskBlocks` slots (default and
+    /// least: one per page, so that every page can be out at once).
+    public init(ram: UnsafeMutableRawPointer, frameCount: Int, pageCount: Int, disk: any GuestSwapDisk, diskBlocks: Int? = nil,
+                seed: UInt64 = 1, reclaimBatch: Int = 1, reclaimAhead: Int = 0, hostResident: @escaping (UnsafeRawPointer) -> Bool) {
         precondition(frameCount > 0 && pageCount > 0 && reclaimBatch > 0 && reclaimAhead >= 0)
+        precondition((diskBlocks ?? pageCount) >= pageCount, "a swap disk of fewer blocks than pages")
         self.reclaimBatch = min(reclaimBatch, frameCount)
         // At most half the frames kept free: the rest hold pages.
         self.reclaimAhead = min(reclaimAhead, frameCount / 2)
@@ -155,7 +164,8 @@ public final class GuestPager {
         pageOfFrame = Array(repeating: -1, count: frameCount)
         referenced = Array(repeating: false, count: frameCount)
         dirty = Array(repeating: false, count: frameCount)
-        onDisk = Array(repeating: false, count: pageCount)
+        slotOfPage = Array(repeating: -1, count: pageCount)
+        slots = SwapSlots(count: min(diskBlocks ?? pageCount, Int(Int32.max)))
         version = Array(repeating: 0, count: pageCount)
     }
 
@@ -199,6 +209,8 @@ public final class GuestPager {
             version[page] &+= 1
             fill(frame(f), page: page, version: version[page])
             dirty[f] = true
+            // Its slot holds an older version now (one being written keeps it until the write is in).
+            if !underWriteback[f] { freeSlot(of: page) }
         } else {
             // A read: the guest's access touches the frame (the host sees it as an access).
             _ = frame(f).load(fromByteOffset: (page % 511 + 1) * 8, as: UInt64.self)
@@ -211,12 +223,19 @@ public final class GuestPager {
         counters.guestFaults += 1
         let f = try freeFrame()
         let p = frame(f)
-        if onDisk[page] {
+        let slot = Int(slotOfPage[page])
+        if slot >= 0 {
             if !hostResident(p) { counters.falseReads += 1 }
-            try disk.read(block: page, into: UnsafeMutableRawBufferPointer(start: p, count: Self.pageSize))
+            try disk.read(block: slot, into: UnsafeMutableRawBufferPointer(start: p, count: Self.pageSize))
             counters.swapIns += 1
             if !matches(p, page: page, version: version[page]) { counters.corrupt += 1 }
-            dirty[f] = false
+            if slots.isHalfFull {
+                // Linux's vm_swap_full: the slot goes, and the page must be written out again.
+                freeSlot(of: page)
+                dirty[f] = true
+            } else {
+                dirty[f] = false
+            }
         } else {
             fill(p, page: page, version: version[page])
             dirty[f] = true
@@ -306,10 +325,15 @@ public final class GuestPager {
         for f in job.frames { underWriteback[f] = false }
         if let failure = job.failure {
             // Not written: the pages stay in their frames, dirty, for a later reclaim to retry.
-            for f in job.frames { dirty[f] = true }
+            for f in job.frames {
+                dirty[f] = true
+                freeSlot(of: Int(pageOfFrame[f]))
+            }
             throw failure
         }
         written(job.outs)
+        // A page written to during its write-out: the copy just written is already old.
+        for f in job.frames where dirty[f] { freeSlot(of: Int(pageOfFrame[f])) }
         for f in job.frames where !referenced[f] && !dirty[f] && !ballooned[f] {
             empty(f)
             freeFrames.append(Int32(f))
@@ -319,14 +343,25 @@ public final class GuestPager {
     /// Whether frame `f` holds a page whose disk copy is stale (dirty, or never written).
     func isStale(_ f: Int) -> Bool {
         let page = Int(pageOfFrame[f])
-        return page >= 0 && (dirty[f] || !onDisk[page])
+        return page >= 0 && (dirty[f] || slotOfPage[page] < 0)
     }
 
-    /// The swap-out of frame `f`'s page, if its disk copy is stale (nil: empty or clean).
+    /// The swap-out of frame `f`'s page, if its disk copy is stale (nil: empty or clean), to a
+    /// new slot: called for a batch's victims in turn, so that they get neighbouring slots.
     func swapOut(_ f: Int) -> SwapOut? {
         guard isStale(f) else { return nil }
         let victim = Int(pageOfFrame[f])
-        return (victim, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize), !hostResident(frame(f)), hostSwapEntry?(frame(f)))
+        freeSlot(of: victim)
+        // Never nil: a page holds one slot at most, and there are at least as many as pages.
+        guard let slot = slots.allocate() else { preconditionFailure("no swap slot free for page \(victim)") }
+        slotOfPage[victim] = Int32(slot)
+        return (slot, UnsafeRawBufferPointer(start: frame(f), count: Self.pageSize), !hostResident(frame(f)), hostSwapEntry?(frame(f)))
+    }
+
+    func freeSlot(of page: Int) {
+        guard page >= 0, slotOfPage[page] >= 0 else { return }
+        slots.free(Int(slotOfPage[page]))
+        slotOfPage[page] = -1
     }
 
     /// Records swap-outs once written: the pages are on the disk, and the ground truth is told.
@@ -334,7 +369,6 @@ public final class GuestPager {
         for o in outs {
             if o.swapped { counters.doublePaged += 1 }
             counters.swapOuts += 1
-            onDisk[o.block] = true
             onSwapOut?(o.block, o.swapped, o.entry)
         }
     }
@@ -416,7 +450,13 @@ public final class GuestPager {
                 counters.drops += 1
             }
         }
-        try disk.write(batch: outs.map { ($0.block, $0.page) })
+        do {
+            try disk.write(batch: outs.map { ($0.block, $0.page) })
+        } catch {
+            // Not written: the pages stay in their frames, dirty, without the slots they were given.
+            for f in frames where dirty[f] { freeSlot(of: Int(pageOfFrame[f])) }
+            throw error
+        }
         written(outs)
         for f in frames {
             empty(f)
@@ -429,7 +469,7 @@ public final class GuestPager {
     public func verifyAll() throws -> Int {
         try finishWriteback()
         var bad = 0
-        for page in 0..<pageCount where version[page] != 0 || onDisk[page] || frameOfPage[page] >= 0 {
+        for page in 0..<pageCount where version[page] != 0 || slotOfPage[page] >= 0 || frameOfPage[page] >= 0 {
             let before = counters.corrupt
             var f = Int(frameOfPage[page])
             if f < 0 { f = try fault(page) }

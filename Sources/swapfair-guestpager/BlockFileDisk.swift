@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 import SwapfairSys
 import SwapfairWorkload
 import SystemPackage
@@ -8,7 +9,7 @@ import Glibc
 #endif
 
 /// The guest's swap disk: a block device (a swapfair export attached with `nbd-client`, a plain
-/// partition) or a regular file, one 4 KiB block per guest page, written and read with O_DIRECT
+/// partition) or a regular file of 4 KiB blocks (swap slots), written and read with O_DIRECT
 /// where the file system allows it, so that every swap-out and swap-in is real I/O.
 final class BlockFileDisk: GuestSwapDisk, @unchecked Sendable {
     struct Failure: Error, CustomStringConvertible {
@@ -56,35 +57,66 @@ final class BlockFileDisk: GuestSwapDisk, @unchecked Sendable {
     }
 
     func write(block: Int, from page: UnsafeRawBufferPointer) throws {
+        writeRequests.add(1, ordering: .relaxed)
         let n = try fd.writeAll(toAbsoluteOffset: Int64(block) * Int64(GuestPager.pageSize), page)
         guard n == page.count else { throw Failure(description: "short write to \(path) at block \(block)") }
     }
 
-    /// The pages of a batch go out from up to eight threads at once (a guest kernel keeps many
-    /// swap writes in flight); the first failure is thrown once all have finished.
+    /// Write requests issued (a run of neighbouring blocks is one), for the reports.
+    let writeRequests = Atomic<Int>(0)
+
+    /// The pages of a batch go out as runs of neighbouring blocks, one request each (a guest
+    /// kernel's block layer merges the bios of a reclaim batch bound for consecutive slots), from
+    /// up to eight threads at once (it keeps many swap writes in flight); the first failure is
+    /// thrown once all have finished.
     func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws {
-        guard batch.count > 1 else { for (b, p) in batch { try write(block: b, from: p) }; return }
+        guard !batch.isEmpty else { return }
+        let runs = Self.runs(of: batch.map(\.block))
         struct Shared: @unchecked Sendable {
-            // The pages stay mapped and unchanged until this returns; each index is one thread's.
+            // The pages stay mapped and unchanged until this returns; each run is one thread's.
             let batch: [(block: Int, page: UnsafeRawBufferPointer)]
+            let order: [Int]
+            let runs: [Range<Int>]
             let failures: UnsafeMutableBufferPointer<String?>
         }
-        let failures = UnsafeMutableBufferPointer<String?>.allocate(capacity: batch.count)
+        let order = batch.indices.sorted { batch[$0].block < batch[$1].block }
+        let failures = UnsafeMutableBufferPointer<String?>.allocate(capacity: runs.count)
         failures.initialize(repeating: nil)
         defer { failures.deallocate() }
-        let shared = Shared(batch: batch, failures: failures)
+        let shared = Shared(batch: batch, order: order, runs: runs, failures: failures)
         let raw = fd.rawValue, path = path
-        let lanes = min(8, batch.count)
+        let lanes = min(8, runs.count)
+        writeRequests.add(runs.count, ordering: .relaxed)
         DispatchQueue.concurrentPerform(iterations: lanes) { lane in
-            for i in stride(from: lane, to: shared.batch.count, by: lanes) {
-                let (block, page) = shared.batch[i]
-                let n = pwrite(raw, page.baseAddress, page.count, off_t(block) * off_t(GuestPager.pageSize))
-                if n != page.count {
-                    shared.failures[i] = "write to \(path) at block \(block): " + (n < 0 ? "\(Errno(rawValue: errno))" : "short")
+            for r in stride(from: lane, to: shared.runs.count, by: lanes) {
+                let run = shared.runs[r]
+                var iov = run.map { i in
+                    let page = shared.batch[shared.order[i]].page
+                    return iovec(iov_base: UnsafeMutableRawPointer(mutating: page.baseAddress), iov_len: page.count)
+                }
+                let first = shared.batch[shared.order[run.lowerBound]].block
+                let total = iov.reduce(0) { $0 + $1.iov_len }
+                let n = pwritev(raw, &iov, Int32(iov.count), off_t(first) * off_t(GuestPager.pageSize))
+                if n != total {
+                    shared.failures[r] = "write to \(path) at block \(first) (\(run.count) blocks): " + (n < 0 ? "\(Errno(rawValue: errno))" : "short")
                 }
             }
         }
         if let first = failures.compactMap({ $0 }).first { throw Failure(description: first) }
+    }
+
+    /// The batch's blocks in ascending order, cut into runs of consecutive blocks (at most
+    /// `maxRun` each): ranges of positions in that order.
+    static func runs(of blocks: [Int], maxRun: Int = 64) -> [Range<Int>] {
+        let sorted = blocks.sorted()
+        var runs: [Range<Int>] = []
+        var start = 0
+        for i in sorted.indices.dropFirst() where sorted[i] != sorted[i - 1] + 1 || i - start == maxRun {
+            runs.append(start..<i)
+            start = i
+        }
+        if !sorted.isEmpty { runs.append(start..<sorted.count) }
+        return runs
     }
 
     func read(block: Int, into page: UnsafeMutableRawBufferPointer) throws {

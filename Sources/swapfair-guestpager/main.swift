@@ -30,6 +30,8 @@ struct GuestPagerCommand: ParsableCommand {
     @Option(help: "Guest RAM: the frames the guest pages into (e.g. 96M). The host may swap them.") var ram: String = "96M"
     @Option(help: "Guest memory: the pages the guest uses, more than --ram (e.g. 160M).") var pages: String = "160M"
     @Option(help: "The guest's swap disk: a block device or a file (created if missing).") var disk: String
+    @Option(help: "Swap slots the guest uses on its disk, as a size (e.g. 256M; at least --pages, the default). Over half of them in use, a page read back gives up its slot, as in Linux.")
+    var diskSize: String?
     @Option(help: "Access pattern: uniform or skewed (90% of accesses in the hot set).") var pattern: String = "skewed"
     @Option(help: "Hot set of the skewed pattern (e.g. 32M). Default: a fifth of --pages.") var hotSet: String?
     @Option(help: "Share of accesses that write the page (0 to 1).") var writes: Double = 0.3
@@ -61,6 +63,13 @@ struct GuestPagerCommand: ParsableCommand {
         guard (0...1).contains(writes) else { throw ValidationError("--writes is a share, 0 to 1") }
         guard (1...1024).contains(reclaimBatch) else { throw ValidationError("--reclaim-batch is 1 to 1024 frames") }
         let frameCount = Int(ramBytes / 4096), pageCount = Int(pageBytes / 4096)
+        var diskBlocks = pageCount
+        if let diskSize {
+            guard let b = parseSize(diskSize), b >= pageBytes, b % 4096 == 0, b / 4096 <= UInt64(Int32.max) else {
+                throw ValidationError("bad --disk-size \(diskSize): a multiple of 4K, at least --pages (\(pages))")
+            }
+            diskBlocks = Int(b / 4096)
+        }
         let reclaimAhead = reclaimAhead ?? min(256, frameCount / 2)
         guard (0...frameCount / 2).contains(reclaimAhead) else {
             throw ValidationError("--reclaim-ahead is 0 to \(frameCount / 2) frames (half of --ram \(ram))")
@@ -77,13 +86,13 @@ struct GuestPagerCommand: ParsableCommand {
 
         let out = try JSONLines(path: output)
         let eventLog = try events.map { try SwapOutLog(path: $0) }
-        let swapDisk = try BlockFileDisk(path: disk, blocks: pageCount)
+        let swapDisk = try BlockFileDisk(path: disk, blocks: diskBlocks)
         guard let mapped = mmap(nil, Int(ramBytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               mapped != MAP_FAILED else { throw ValidationError("cannot map \(ram) of guest RAM: \(Errno(rawValue: errno))") }
         defer { munmap(mapped, Int(ramBytes)) }
         // mincore: whether the host holds the frame in RAM now (a frame in the swap cache counts as held).
         var residentByte: UInt8 = 0
-        let pager = GuestPager(ram: mapped, frameCount: frameCount, pageCount: pageCount, disk: swapDisk, seed: seed,
+        let pager = GuestPager(ram: mapped, frameCount: frameCount, pageCount: pageCount, disk: swapDisk, diskBlocks: diskBlocks, seed: seed,
                                reclaimBatch: reclaimBatch, reclaimAhead: reclaimAhead) { p in
             mincore(UnsafeMutableRawPointer(mutating: p), 4096, &residentByte) != 0 || residentByte & 1 == 1
         }
@@ -131,6 +140,7 @@ struct GuestPagerCommand: ParsableCommand {
         let skewed = pattern == "skewed"
         let writeThreshold = UInt64(writes * Double(UInt64.max >> 11)) // compared with 53 random bits
         var last = pager.counters
+        var lastRequests = 0
         var lastFaults = faults()
         var faultLatency = Latencies(), allFaults = Latencies()
         // Where each second went: in guest faults (a read, a wait for a free frame), and in
@@ -174,11 +184,13 @@ struct GuestPagerCommand: ParsableCommand {
             }
             if rate > 0 { while now() < intervalEnd && !stopRequested.load(ordering: .relaxed) { usleep(10_000) } }
             let c = pager.counters, f = faults(), res = residency()
+            let requests = swapDisk.writeRequests.load(ordering: .relaxed)
             let elapsed = max(now() - t, 1e-6)
             out.emit([
                 "label": label, "t": now() - start,
                 "accesses": c.accesses - last.accesses, "rate": Double(c.accesses - last.accesses) / elapsed,
                 "guest_faults": c.guestFaults - last.guestFaults, "swap_outs": c.swapOuts - last.swapOuts,
+                "write_requests": requests - lastRequests,
                 "swap_ins": c.swapIns - last.swapIns, "double_paged": c.doublePaged - last.doublePaged,
                 "false_reads": c.falseReads - last.falseReads, "direct_reclaims": c.directReclaims - last.directReclaims,
                 "host_majflt": f.major - lastFaults.major,
@@ -187,6 +199,7 @@ struct GuestPagerCommand: ParsableCommand {
                 "rss": res.rss, "swap": res.swap, "guest_ram": pager.usableFrames * 4096,
             ])
             last = c
+            lastRequests = requests
             lastFaults = f
             t = now()
         }
@@ -196,6 +209,7 @@ struct GuestPagerCommand: ParsableCommand {
         try eventLog?.flush()
         out.emit(["label": label, "event": "summary", "t": secs, "accesses": c.accesses, "rate": Double(c.accesses) / secs,
                   "guest_faults": c.guestFaults, "swap_outs": c.swapOuts, "swap_ins": c.swapIns, "drops": c.drops,
+                  "write_requests": swapDisk.writeRequests.load(ordering: .relaxed), "slots_in_use": pager.slots.inUse,
                   "double_paged": c.doublePaged, "false_reads": c.falseReads, "corrupt": c.corrupt,
                   "direct_reclaims": c.directReclaims,
                   "fault_p50_us": allFaults.percentile(0.5), "fault_p99_us": allFaults.percentile(0.99)])

@@ -42,6 +42,8 @@ CONFIGS = os.environ.get("DP_CONFIGS", "plain tracking avoidance").split()
 WINDOW = os.environ.get("DP_WINDOW", "")
 # DP_SECONDS: a longer run (reclaim shifting pays for its move only over time; see the avoidance checks).
 RAM, PAGES, HOST_HIGH, SECONDS = "96M", "192M", 64 * MiB, int(os.environ.get("DP_SECONDS", "40"))
+# The guest's swap disk in every configuration: its volume, or plain's file, of this many slots.
+VOLUME = "256M"
 # How the guest reaches its swap volume: "ublk" (its block device) or "nbd" (its export, kernel client).
 GUEST = os.environ.get("DP_GUEST", "ublk")
 # The lab's disks are images in the host's page cache behind an emulated CPU: a request costs
@@ -203,7 +205,7 @@ def run_guest(name, disk, truth=None, paused=None, extra=(), cpu=None):
     cg_make(GROUP)
     cg_write(GROUP, "memory.high", HOST_HIGH)
     out = f"/tmp/dp-{name}.jsonl"
-    args = [os.path.join(BIN, "swapfair-guestpager"), "--ram", RAM, "--pages", PAGES, "--disk", disk,
+    args = [os.path.join(BIN, "swapfair-guestpager"), "--ram", RAM, "--pages", PAGES, "--disk", disk, "--disk-size", VOLUME,
             "--pattern", PATTERN, "--writes", str(WRITES), "--reclaim-batch", RECLAIM_BATCH, "--reclaim-ahead", RECLAIM_AHEAD,
             "--duration", str(SECONDS), "--label", name, "--output", out, "--verify"]
     if truth:
@@ -376,7 +378,7 @@ def run_swapfair(c, name, disk, elision=False, shifting=False):
             fh.write(f'memory_budget = "{HOST_HIGH >> 20}M"\nswap_budget = "1G"\nminimum_size = "32M"\n')
             if SHIFT_MAX:
                 fh.write(f'reclaim_shift_max = "{SHIFT_MAX}"\n')
-        fh.write('[[vm]]\nname = "dp"\nswap_device = { size = "256M"' + (', ublk = true' if GUEST == "ublk" else "") + ' }\n')
+        fh.write('[[vm]]\nname = "dp"\nswap_device = { size = "' + VOLUME + '"' + (', ublk = true' if GUEST == "ublk" else "") + ' }\n')
         if shifting:
             fh.write(f'cgroup = "{GROUP}"\nballoon_qmp = "{BALLOON}"\n')
     detected_path = f"/tmp/dp-detected-{name}.txt"
@@ -548,7 +550,7 @@ def main():
         outs = s.get("swap_outs", 0)
         j, k = r.get("judged"), r.get("judged_pte")
         pct = lambda x: f"{100 * x:.1f}%"
-        rows.append([name, mib(r["host_in"]), mib(r["host_out"]), mib(outs * 4096), f"{s.get('double_paged', 0)}",
+        rows.append([name, mib(r["host_in"]), mib(r["host_out"]), mib(outs * 4096), f"{s.get('write_requests', '-')}", f"{s.get('double_paged', 0)}",
                      f"{k['truth']}" if k else f"{r.get('pte_truth', '-')}",
                      f"{100 * s.get('double_paged', 0) / max(outs, 1):.1f}%", f"{j['detected']}" if j else "-",
                      pct(k["precision"]) if k else "-", pct(k["recall"]) if k else "-",
@@ -557,10 +559,10 @@ def main():
                      f"{s.get('rate', 0) / 1000:.1f}k", f"{s.get('fault_p99_us', 0) / 1000:.2f} ms",
                      mib(r["served_write"]) if "served_write" in r else "-",
                      mib(r["status"].get("elided_write_bytes")) if r.get("status", {}).get("elided_write_bytes") is not None else "-"])
-    table(["CONFIG", "HOST SWAP-IN", "HOST SWAP-OUT", "GUEST SWAP-OUT", "DOUBLE PAGED mincore", "pagemap", "OF SWAP-OUTS",
+    table(["CONFIG", "HOST SWAP-IN", "HOST SWAP-OUT", "GUEST SWAP-OUT", "WRITE REQUESTS", "DOUBLE PAGED mincore", "pagemap", "OF SWAP-OUTS",
            "DETECTED", "PRECISION pagemap", "RECALL pagemap", "PRECISION mincore", "RECALL mincore", "REDUNDANT READ",
            "FALSE READS", "ACCESSES/S", "GUEST FAULT P99", "EXPORT WROTE", "ELIDED"], rows)
-    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, {PATTERN}, {100 * WRITES:g}% writes, guest reclaim {RECLAIM_BATCH} frames at a time"
+    log(f"(guest RAM {RAM} under a host memory.high of {mib(HOST_HIGH)}, {PAGES} of guest pages, a guest swap disk of {VOLUME}, {PATTERN}, {100 * WRITES:g}% writes, guest reclaim {RECLAIM_BATCH} frames at a time"
         f"{f' with {RECLAIM_AHEAD} frames kept free in the background' if RECLAIM_AHEAD != '0' else ''}, "
         f"{SECONDS} s; the guest's swap through {'its ublk block device' if GUEST == 'ublk' else 'its NBD export'}, "
         f"{'in RAM (plain: null_blk)' if STORE == 'ram' else 'on ext4 on the second disk (plain: a file there)'}; "
@@ -568,7 +570,8 @@ def main():
         f"{SERIAL_NOTE if HOST_DEV and HOST_DELAY else ''}"
         f"{f', the second disk with {STORE_DELAY}{SERIAL_NOTE}' if STORE == 'disk' and STORE_DELAY else ''}"
         f"{'' if ROTATIONAL or not (HOST_DELAY or STORE_DELAY) else ', delayed disks marked non-rotational (as NVMe)'}; double paged: guest swap-outs of frames the host had swapped, by mincore (not resident) and by "
-        "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); redundant read: "
+        "pagemap (a swap entry in the page table, which also counts frames swap readahead had read back); write requests: "
+        "the guest's swap writes as issued, a run of neighbouring slots each; redundant read: "
         "host swap-ins that only fed a guest swap-out (mincore); detections are matched to "
         "the truth by block within 1 s; export wrote: what reached the guest's volume; elided: guest swap-outs recorded "
         "as references to the host's blocks instead)")

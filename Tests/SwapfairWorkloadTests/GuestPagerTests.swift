@@ -104,6 +104,53 @@ final class SharedMemoryDisk: GuestSwapDisk, @unchecked Sendable {
         }
     }
 
+    /// Swap slots: a batch's victims get neighbouring slots; a page read back keeps its slot while
+    /// clean (dropping it again writes nothing), gives it up when written to, and goes out again
+    /// to a new one.
+    @Test func aBatchGetsNeighbouringSlotsAndAWrittenPageANewOne() throws {
+        try Self.withRAM(frames: 4) { ram in
+            let disk = MemoryDisk()
+            let pager = GuestPager(ram: ram, frameCount: 4, pageCount: 16, disk: disk, diskBlocks: 64, reclaimBatch: 4) { _ in true }
+            var blocks: [Int] = []
+            pager.onSwapOut = { block, _, _ in blocks.append(block) }
+            for p in 0..<4 { try pager.access(page: p, write: true) }
+            try pager.access(page: 4, write: true)
+            #expect(blocks == [0, 1, 2, 3] && disk.batches == 1, "one batch of four, slots 0-3")
+            // Pages 0-2 back from slots 0-2 into the free frames, clean; page 4 is dirty.
+            for p in 0..<3 { try pager.access(page: p, write: false) }
+            #expect(pager.slots.isUsed(0) && pager.slots.inUse == 4)
+            // The next batch takes all four: only page 4 is written (slot 4); 0-2 go with no write.
+            try pager.access(page: 3, write: false)
+            #expect(blocks == [0, 1, 2, 3, 4] && disk.writes == 5)
+            try pager.access(page: 0, write: false)
+            #expect(pager.slots.isUsed(0))
+            try pager.access(page: 0, write: true)
+            #expect(!pager.slots.isUsed(0), "a write frees the page's slot")
+            // Page 0, touched since its fault, outlives one pass of the hand; at the next it goes
+            // with the new pages 5 and 6, to the next slots: 5 for it, 6 and 7 for them.
+            for p in [1, 2, 4, 5, 6, 7] { try pager.access(page: p, write: false) }
+            #expect(blocks == [0, 1, 2, 3, 4, 5, 6, 7], "page 0 went to a new slot")
+            #expect(try pager.verifyAll() == 0)
+        }
+    }
+
+    /// Over half the slots in use, a page read back gives its slot up (Linux's vm_swap_full) and
+    /// must be written again when it goes; below that it keeps it.
+    @Test func aPageReadBackGivesUpItsSlotOnceHalfAreInUse() throws {
+        for (blocks, keeps) in [(16, false), (64, true)] {
+            try Self.withRAM(frames: 4) { ram in
+                let disk = MemoryDisk()
+                let pager = GuestPager(ram: ram, frameCount: 4, pageCount: 16, disk: disk, diskBlocks: blocks) { _ in true }
+                for p in 0..<16 { try pager.access(page: p, write: true) }
+                #expect(pager.slots.inUse == 12)
+                try pager.access(page: 0, write: false)
+                #expect(disk.reads == 1)
+                #expect(pager.slots.inUse == (keeps ? 13 : 12), "\(blocks) slots: the fault wrote page 12 out, and page 0 kept or gave up its slot")
+                #expect(try pager.verifyAll() == 0)
+            }
+        }
+    }
+
     /// Reclaim in batches: with no frame free the clock frees up to `reclaimBatch` at once and the
     /// stale ones among them go to the disk in one write, so most faults find a free frame.
     @Test func reclaimFreesABatchOfFramesAtOnce() throws {
@@ -132,7 +179,8 @@ final class SharedMemoryDisk: GuestSwapDisk, @unchecked Sendable {
     @Test func theBalloonTakesFreeThenCleanFramesAndGivesThemBack() throws {
         try Self.withRAM(frames: 64) { ram in
             let disk = MemoryDisk()
-            let pager = GuestPager(ram: ram, frameCount: 64, pageCount: 128, disk: disk) { _ in true }
+            // A disk with room: pages read back keep their slots (never half full).
+            let pager = GuestPager(ram: ram, frameCount: 64, pageCount: 128, disk: disk, diskBlocks: 512) { _ in true }
             var x = XorShift(seed: 3)
             func run(_ n: Int, writes: Bool = true) throws {
                 for _ in 0..<n {
