@@ -71,7 +71,8 @@ final class BlockFileDisk: GuestSwapDisk, @unchecked Sendable {
     /// thrown once all have finished.
     func write(batch: [(block: Int, page: UnsafeRawBufferPointer)]) throws {
         guard !batch.isEmpty else { return }
-        let runs = Self.runs(of: batch.map(\.block))
+        let order = batch.indices.sorted { batch[$0].block < batch[$1].block }
+        let runs = Self.runs(ofSorted: order.map { batch[$0].block })
         struct Shared: @unchecked Sendable {
             // The pages stay mapped and unchanged until this returns; each run is one thread's.
             let batch: [(block: Int, page: UnsafeRawBufferPointer)]
@@ -79,7 +80,6 @@ final class BlockFileDisk: GuestSwapDisk, @unchecked Sendable {
             let runs: [Range<Int>]
             let failures: UnsafeMutableBufferPointer<String?>
         }
-        let order = batch.indices.sorted { batch[$0].block < batch[$1].block }
         let failures = UnsafeMutableBufferPointer<String?>.allocate(capacity: runs.count)
         failures.initialize(repeating: nil)
         defer { failures.deallocate() }
@@ -105,10 +105,9 @@ final class BlockFileDisk: GuestSwapDisk, @unchecked Sendable {
         if let first = failures.compactMap({ $0 }).first { throw Failure(description: first) }
     }
 
-    /// The batch's blocks in ascending order, cut into runs of consecutive blocks (at most
-    /// `maxRun` each): ranges of positions in that order.
-    static func runs(of blocks: [Int], maxRun: Int = 64) -> [Range<Int>] {
-        let sorted = blocks.sorted()
+    /// Blocks in ascending order, cut into runs of consecutive blocks (at most `maxRun` each):
+    /// ranges of positions in that order.
+    static func runs(ofSorted sorted: [Int], maxRun: Int = 64) -> [Range<Int>] {
         var runs: [Range<Int>] = []
         var start = 0
         for i in sorted.indices.dropFirst() where sorted[i] != sorted[i - 1] + 1 || i - start == maxRun {
