@@ -60,15 +60,29 @@ final class BalloonDriver: Sendable {
 
     /// Gives the guest all its RAM back, waiting up to `timeout` seconds (at a clean stop).
     func deflate(timeout: Double) -> Bool {
-        guard let full = state.guestMemory else { return false }
-        update(target: full)
+        guard deflateStart() else { return false }
         let deadline = monotonicSeconds() + timeout
         while monotonicSeconds() < deadline {
-            let k = state
-            if !k.busy && k.sent == full { return true }
-            if !k.busy { update(target: full) }
+            if deflateDone() { return true }
             usleep(20_000)
         }
+        return false
+    }
+
+    /// Asks the balloon to give the guest all its RAM back; false when its size is not known.
+    @discardableResult
+    func deflateStart() -> Bool {
+        guard let full = state.guestMemory else { return false }
+        update(target: full)
+        return true
+    }
+
+    /// Whether the balloon has accepted giving all of it back (asking again after a failure).
+    func deflateDone() -> Bool {
+        guard let full = state.guestMemory else { return true }
+        let k = state
+        if !k.busy && k.sent == full { return true }
+        if !k.busy { update(target: full) }
         return false
     }
 
@@ -124,9 +138,11 @@ struct ShiftRecord: Codable, Equatable {
 
     static func path(stateDir: String, vm: String) -> String { "\(stateDir)/balloons/\(vm).json" }
 
-    static func load(stateDir: String, vm: String) -> ShiftRecord? {
-        guard let data = FileManager.default.contents(atPath: path(stateDir: stateDir, vm: vm)) else { return nil }
-        return try? JSONDecoder().decode(ShiftRecord.self, from: data)
+    /// The record a previous daemon left, nil when there is none; one that cannot be read or
+    /// decoded is thrown, so that the caller says so instead of silently starting from no shift.
+    static func load(stateDir: String, vm: String) throws -> ShiftRecord? {
+        guard let text = try FileAccess.readIfPresent(path(stateDir: stateDir, vm: vm)) else { return nil }
+        return try JSONDecoder().decode(ShiftRecord.self, from: Data(text.utf8))
     }
 
     func save(stateDir: String, vm: String) throws {

@@ -7,10 +7,14 @@ import SwapfairSys
 import SwapfairTracking
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The daemon's view of one configured VM.
 struct TrackedVM {
-    let config: VMConfig
-    let entitlement: VMEntitlement
+    var config: VMConfig
+    var entitlement: VMEntitlement
     var group: Cgroup?
     var owned = false
     var files: CgroupStatFiles?
@@ -36,10 +40,10 @@ struct TrackedVM {
 /// Observe → plan → act, once per tick. Runs on one thread; publishes a status report for the
 /// control socket after every tick.
 public final class ControlLoop {
-    public let configuration: SwapfairConfiguration
+    public private(set) var configuration: SwapfairConfiguration
     public let facts: HostFacts
     public let root: CgroupRoot
-    public let planner: Planner
+    public private(set) var planner: Planner
     let locator: VMLocator
     let writer: KnobWriter
     let logger: Logger
@@ -50,6 +54,10 @@ public final class ControlLoop {
     public var swapDevices: SwapDevices?
     /// Where reclaim shifting reads each VM's double paging (the swap devices' tracker).
     public var tracker: DoublePagingTracker?
+    /// Parts of the daemon that stopped for good, for the status report.
+    public var health: Health?
+    /// Reloads so far, for the status report.
+    public var reloads = 0
     var vms: [TrackedVM]
     public private(set) var ticks: UInt64 = 0
     let startTime: Double
@@ -63,11 +71,12 @@ public final class ControlLoop {
     /// Changes smaller than this (or than 1% of the value) are not written: they would change
     /// nothing the kernel does and fill the log.
     let writeThreshold: UInt64 = 1 << 20
-    let shifter: ReclaimShift
+    var shifter: ReclaimShift
     /// How long a balloon that accepted a target counts as moving towards it (see `shiftReclaim`).
     var balloonGrace = 15.0
-    /// Swap-in prefetch (nil when `swap_prefetch` is 0).
-    let prefetcher: SwapPrefetcher?
+    /// Swap-in prefetch (nil while `swap_prefetch` has been 0 since the start).
+    var prefetcher: SwapPrefetcher?
+    let proc: String
 
     public init(configuration: SwapfairConfiguration, facts: HostFacts, root: CgroupRoot, logger: Logger,
                 writer: KnobWriter = KnobWriter(), board: StatusBoard = StatusBoard(), proc: String = "/proc",
@@ -85,22 +94,107 @@ public final class ControlLoop {
         var shifting = ReclaimShift.Parameters()
         shifting.maxFraction = configuration.host.reclaimShiftMax
         self.shifter = ReclaimShift(shifting)
+        self.proc = proc
         self.prefetcher = configuration.host.swapPrefetch > 0 ? SwapPrefetcher(proc: proc, logger: logger) : nil
-        self.vms = configuration.vms.map { TrackedVM(config: $0, entitlement: configuration.entitlement($0, facts)) }
-        for i in vms.indices {
-            guard let qmp = vms[i].config.balloonQMP else { continue }
-            let name = vms[i].config.name
-            // After a crash the balloon is where the last daemon left it: resume from its record.
-            let record = ShiftRecord.load(stateDir: configuration.host.stateDir, vm: name)
-            vms[i].balloon = BalloonDriver(vm: name, path: qmp, guestMemory: vms[i].config.guestMemory ?? record?.guestMemory,
-                                           lastActual: record.map { $0.guestMemory - min($0.shift, $0.guestMemory) }, logger: logger)
-            if let record {
-                vms[i].shift = ReclaimShift.State(shift: record.shift, time: now)
-                logger.notice("reclaim shift resumed from before the restart",
-                              metadata: ["vm": "\(name)", "shift": "\(Format.bytes(record.shift))",
-                                         "guest_memory": "\(Format.bytes(record.guestMemory))"])
+        self.vms = []
+        self.vms = configuration.vms.map { track($0, now: now) }
+    }
+
+    /// A VM to manage from now on; with a balloon, resumed from the shift a crashed daemon recorded.
+    func track(_ vm: VMConfig, now: Double) -> TrackedVM {
+        var t = TrackedVM(config: vm, entitlement: configuration.entitlement(vm, facts))
+        guard let qmp = vm.balloonQMP else { return t }
+        let name = vm.name
+        // After a crash the balloon is where the last daemon left it: resume from its record.
+        let record: ShiftRecord?
+        do { record = try ShiftRecord.load(stateDir: configuration.host.stateDir, vm: name) } catch {
+            logger.error("cannot read the reclaim shift recorded before the restart; starting from none",
+                         metadata: ["vm": "\(name)", "error": "\(error)"])
+            record = nil
+        }
+        t.balloon = BalloonDriver(vm: name, path: qmp, guestMemory: vm.guestMemory ?? record?.guestMemory,
+                                  lastActual: record.map { $0.guestMemory - min($0.shift, $0.guestMemory) }, logger: logger)
+        if let record {
+            t.shift = ReclaimShift.State(shift: record.shift, time: now)
+            logger.notice("reclaim shift resumed from before the restart",
+                          metadata: ["vm": "\(name)", "shift": "\(Format.bytes(record.shift))",
+                                     "guest_memory": "\(Format.bytes(record.guestMemory))"])
+        }
+        t.balloon?.update(target: nil)
+        return t
+    }
+
+    // MARK: reload
+
+    /// Puts a reloaded configuration in force, between ticks: the policy's figures from the next
+    /// plan, changed VMs keep their state (a new weight moves their share at the next tick), new
+    /// VMs are located, removed ones let go (`letGo`).
+    public func reconfigure(_ change: ConfigChange, now: Double) {
+        let c = change.effective
+        configuration = c
+        planner = Planner(c.hostPolicy(facts))
+        var shifting = shifter.parameters
+        shifting.maxFraction = c.host.reclaimShiftMax
+        shifter = ReclaimShift(shifting)
+        if prefetcher == nil && c.host.swapPrefetch > 0 { prefetcher = SwapPrefetcher(proc: proc, logger: logger) }
+        let removed = Set(change.removed)
+        for i in vms.indices where removed.contains(vms[i].config.name) {
+            letGo(i, reason: "removed from the configuration")
+        }
+        let kept = Dictionary(vms.filter { !removed.contains($0.config.name) }.map { ($0.config.name, $0) },
+                              uniquingKeysWith: { a, _ in a })
+        var next: [TrackedVM] = []
+        for vm in c.vms {
+            if var t = kept[vm.name] {
+                if t.config.location != vm.location {
+                    vms.append(t)
+                    letGo(vms.count - 1, reason: "found elsewhere now (\(vm.location))")
+                    vms.removeLast()
+                    t = track(vm, now: now)
+                } else {
+                    t.config = vm
+                    t.entitlement = c.entitlement(vm, facts)
+                }
+                next.append(t)
+            } else {
+                next.append(track(vm, now: now))
             }
-            vms[i].balloon?.update(target: nil)
+        }
+        vms = next
+        watchOwner = [:]
+        for i in vms.indices { if let wd = vms[i].eventsWatch { watchOwner[wd] = i } }
+    }
+
+    /// Stops managing a VM for good and leaves its group as it would be without swapfair: no soft
+    /// limit (`memory.high` max), no protection (`memory.low` 0), no swap cap (`memory.swap.max`
+    /// max), so that a VM nobody manages is not throttled by a figure nobody updates. Its
+    /// `memory.max` (the configured hard limit) stays. A balloon that took memory gives it back.
+    func letGo(_ i: Int, reason: String) {
+        let name = vms[i].config.name
+        if let b = vms[i].balloon, (vms[i].shift?.shift ?? 0) > 0 {
+            if b.deflate(timeout: 5) {
+                logger.notice("reclaim shift undone: the balloon gives the guest all its RAM back", metadata: ["vm": "\(name)"])
+            } else {
+                logger.warning("cannot undo the reclaim shift of a VM let go", metadata: [
+                    "vm": "\(name)", "error": "\(b.state.error ?? "no answer in 5 s")"])
+            }
+            ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name)
+        }
+        if let g = vms[i].group {
+            let release: [KnobChange] = [KnobChange(.memoryHigh, .max), KnobChange(.memoryLow, .bytes(0)),
+                                         KnobChange(.memorySwapMax, .max)]
+            switch writer.set(g, release, mayReclaim: false) {
+            case .written, .slow, .skipped:
+                logger.notice("VM let go: its group keeps no limit of swapfair's but memory.max", metadata: [
+                    "vm": "\(name)", "cgroup": "\(g)", "reason": "\(reason)"])
+            case .failed(let error):
+                logger.error("VM let go, but its limits could not be lifted", metadata: [
+                    "vm": "\(name)", "cgroup": "\(g)", "reason": "\(reason)", "error": "\(error)"])
+            }
+            unwatchPopulated(i)
+            vms[i].files?.close()
+        } else {
+            logger.notice("VM let go", metadata: ["vm": "\(name)", "reason": "\(reason)"])
         }
     }
 
@@ -153,18 +247,26 @@ public final class ControlLoop {
 
     /// Clean stop: balloons give their guests all their RAM back (the raised limits stay, so the
     /// guests grow back into them); a crash leaves both, and the restarted daemon resumes.
-    public func finish() {
+    public func finish(deadline seconds: Double = 5) {
         prefetcher?.stop()
-        for i in vms.indices {
-            // A record exists exactly while the shift is above 0 (loaded at start, kept in step).
-            guard let b = vms[i].balloon, (vms[i].shift?.shift ?? 0) > 0 else { continue }
+        // A record exists exactly while the shift is above 0 (loaded at start, kept in step).
+        let shifted = vms.indices.filter { vms[$0].balloon != nil && (vms[$0].shift?.shift ?? 0) > 0 }
+        // Every balloon is asked at once, then all are waited for under one deadline.
+        for i in shifted { vms[i].balloon?.deflateStart() }
+        let deadline = monotonicSeconds() + seconds
+        var waiting = Set(shifted)
+        while !waiting.isEmpty && monotonicSeconds() < deadline {
+            for i in waiting where vms[i].balloon?.deflateDone() ?? true { waiting.remove(i) }
+            if !waiting.isEmpty { usleep(20_000) }
+        }
+        for i in shifted {
             let name = vms[i].config.name
-            if b.deflate(timeout: 5) {
+            if waiting.contains(i) {
+                logger.warning("cannot undo the reclaim shift at stop; the next start resumes it",
+                               metadata: ["vm": "\(name)", "error": "\(vms[i].balloon?.state.error ?? "no answer in \(seconds) s")"])
+            } else {
                 ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name)
                 logger.notice("reclaim shift undone at stop: the balloon gives the guest all its RAM back", metadata: ["vm": "\(name)"])
-            } else {
-                logger.warning("cannot undo the reclaim shift at stop; the next start resumes it",
-                               metadata: ["vm": "\(name)", "error": "\(b.state.error ?? "no answer in 5 s")"])
             }
         }
     }
@@ -598,7 +700,7 @@ public final class ControlLoop {
             activity: activity == nil ? "lru" : "lru_gen",
             cgroupRoot: root.path, intervalSeconds: configuration.host.interval, ticks: ticks,
             uptimeSeconds: now - startTime, memoryBudget: policy.memoryBudget, swapBudget: policy.swapBudget,
-            lastTickMilliseconds: lastTickMilliseconds)
+            lastTickMilliseconds: lastTickMilliseconds, reloads: reloads, problems: health?.current ?? [])
         let devices = swapDevices?.report(now: now) ?? [:]
         let rows = vms.map { vm -> StatusReport.VM in
             let p = vm.plan, o = vm.observation

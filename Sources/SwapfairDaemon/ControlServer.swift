@@ -1,65 +1,157 @@
 import Foundation
 import Logging
 import SwapfairSys
+import SystemPackage
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The control socket: one request line in, one JSON document out, then close.
+/// The control socket: one request line in, one JSON document out, then close. Each client is
+/// served on a thread of its own within a deadline, and at most `maxClients` at once, so a client
+/// that connects and says nothing (or sends slowly) delays no other.
 /// Only root (and the configured group, if any) may connect; the peer is checked with SO_PEERCRED.
 ///
-/// Requests: `status` → the status report.
+/// Requests: `status` → the status report; `reload` (root only) → the outcome of reading the
+/// configuration again (`ReloadReport`).
 public final class ControlServer: Sendable {
     public let path: String
     let socket: UnixSocket
     let board: StatusBoard
     let allowedGroup: UInt32?
     let logger: Logger
+    let reload: (@Sendable () -> ReloadReport)?
+    let health: Health?
+    private let active = Mutex(0)
+    private let stopped = Mutex(false)
+    private let lastBusyWarning = Mutex(-Double.infinity)
+    /// Clients served at once; more are told the daemon is busy.
+    public static let maxClients = 16
+    /// How long a client has to send its request line.
+    public static let requestSeconds = 2.0
+    static let requestLimit = 256
 
-    public init(path: String, board: StatusBoard, allowedGroup: UInt32?, logger: Logger) throws(SysError) {
+    public init(path: String, board: StatusBoard, allowedGroup: UInt32?, logger: Logger,
+                reload: (@Sendable () -> ReloadReport)? = nil, health: Health? = nil) throws(SysError) {
         let dir = "/" + path.split(separator: "/").dropLast().joined(separator: "/")
         try FileAccess.makeDirectories(dir, mode: 0o755)
         self.path = path
-        self.socket = try UnixSocket.listen(at: path, mode: allowedGroup == nil ? 0o600 : 0o660)
-        if let allowedGroup { chown(path, 0, allowedGroup) }
+        self.socket = try UnixSocket.listen(at: path, mode: allowedGroup == nil ? 0o600 : 0o660, backlog: 64)
+        if let allowedGroup, chown(path, 0, allowedGroup) != 0 {
+            throw SysError("chown", path, Errno(rawValue: errno))
+        }
         self.board = board
         self.allowedGroup = allowedGroup
         self.logger = logger
+        self.reload = reload
+        self.health = health
     }
 
     /// Serves until `stop()`; run it on its own thread.
     public func serve() {
-        while true {
-            guard let client = try? socket.accept() else { return }
-            handle(client)
+        acceptConnections(on: socket, isStopped: { stopped.withLock { $0 } }, report: { event in
+            switch event {
+            case .transient(let e, let retry):
+                logger.warning("control socket: cannot accept a connection; trying again",
+                               metadata: ["error": "\(e.errno.message)", "retry_in_ms": "\(Int(retry * 1000))"])
+            case .recovered(let failures):
+                logger.notice("control socket: accepting connections again", metadata: ["failures": "\(failures)"])
+            case .fatal(let e):
+                logger.error("control socket: stopped accepting connections", metadata: ["error": "\(e)"])
+                health?.record("control socket", "stopped accepting connections: \(e)")
+            }
+        }) { client in
+            let admitted = active.withLock { n in
+                guard n < Self.maxClients else { return false }
+                n += 1
+                return true
+            }
+            guard admitted else {
+                refuseBusy(client)
+                return
+            }
+            startThread(named: "control-client", stackSize: 512 << 10) { [self] in
+                defer { active.withLock { $0 -= 1 } }
+                handle(client)
+            }
         }
     }
 
     public func stop() {
+        stopped.withLock { $0 = true }
         socket.shutdownBoth()
         unlink(path)
     }
 
+    /// Clients being served now.
+    public var activeClients: Int { active.withLock { $0 } }
+
+    func refuseBusy(_ client: UnixSocket) {
+        client.setTimeout(seconds: 1)
+        let now = monotonicSeconds()
+        let warn = lastBusyWarning.withLock { last in
+            defer { if now - last >= 10 { last = now } }
+            return now - last >= 10
+        }
+        if warn { logger.warning("control socket: \(Self.maxClients) clients already; refusing more for now") }
+        do { try client.writeAll(Array("{\"error\": \"busy: \(Self.maxClients) clients at once; try again\"}\n".utf8)) } catch {
+            logger.debug("control socket: a refused client left first", metadata: ["error": "\(error)"])
+        }
+    }
+
     func handle(_ client: UnixSocket) {
-        client.setTimeout(seconds: 2)
-        guard let peer = try? client.peerCredentials() else { return }
-        let me = geteuid()
-        guard peer.uid == 0 || peer.uid == me || (allowedGroup != nil && peer.gid == allowedGroup) else {
-            logger.warning("control socket: refused a client", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)"])
-            try? client.writeAll(Array("{\"error\": \"permission denied\"}\n".utf8))
+        client.setTimeout(seconds: Int(Self.requestSeconds))
+        let peer: UnixSocket.Credentials
+        do { peer = try client.peerCredentials() } catch {
+            logger.notice("control socket: dropped a client whose credentials cannot be read", metadata: ["error": "\(error)"])
             return
         }
-        let request = (try? client.read(until: UInt8(ascii: "\n"), limit: 256)) ?? []
-        let command = String(decoding: request, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        let reply: String
+        let me = geteuid()
+        let privileged = peer.uid == 0 || peer.uid == me
+        guard privileged || (allowedGroup != nil && peer.gid == allowedGroup) else {
+            logger.warning("control socket: refused a client", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)"])
+            answer(client, "{\"error\": \"permission denied\"}")
+            return
+        }
+        let request: (bytes: [UInt8], timedOut: Bool)
+        do {
+            request = try client.read(until: UInt8(ascii: "\n"), limit: Self.requestLimit,
+                                      deadline: monotonicSeconds() + Self.requestSeconds)
+        } catch {
+            logger.debug("control socket: a client left before its request", metadata: ["error": "\(error)"])
+            return
+        }
+        if request.timedOut {
+            answer(client, "{\"error\": \"no request line within \(Self.requestSeconds) s\"}")
+            return
+        }
+        if request.bytes.count >= Self.requestLimit && !request.bytes.contains(UInt8(ascii: "\n")) {
+            answer(client, "{\"error\": \"request longer than \(Self.requestLimit) bytes\"}")
+            return
+        }
+        let command = String(decoding: request.bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         switch command {
         case "status":
-            reply = board.current?.json() ?? "{\"error\": \"no status yet: the first tick has not finished\"}"
+            answer(client, board.current?.json() ?? "{\"error\": \"no status yet: the first tick has not finished\"}")
+        case "reload" where reload == nil:
+            answer(client, "{\"error\": \"this daemon cannot reload\"}")
+        case "reload" where !privileged:
+            answer(client, "{\"error\": \"permission denied: only root may reload\"}")
+        case "reload":
+            logger.notice("reload asked for on the control socket", metadata: ["pid": "\(peer.pid)"])
+            answer(client, reload?().json() ?? "{}")
         default:
-            reply = "{\"error\": \"unknown request \\\"\(command.prefix(40))\\\"; known: status\"}"
+            let shown = String(command.prefix(40).unicodeScalars.filter { $0.value >= 0x20 && $0 != "\"" && $0 != "\\" })
+            answer(client, "{\"error\": \"unknown request \\\"\(shown)\\\"; known: status, reload\"}")
         }
-        try? client.writeAll(Array((reply + "\n").utf8))
+    }
+
+    /// One reply; a client that has gone is no error of the daemon's.
+    func answer(_ client: UnixSocket, _ json: String) {
+        do { try client.writeAll(Array((json + "\n").utf8)) } catch {
+            logger.debug("control socket: a client left before its answer", metadata: ["error": "\(error)"])
+        }
     }
 }
 
@@ -84,12 +176,24 @@ public enum ControlClient {
     }
 
     public static func status(socket path: String) throws(Failure) -> StatusReport {
+        let data = try request("status", socket: path, timeout: 5)
+        do { return try StatusReport.decode(data) } catch { throw .garbled("\(error)") }
+    }
+
+    /// Asks the daemon to read its configuration again; waits for the outcome.
+    public static func reload(socket path: String) throws(Failure) -> ReloadReport {
+        let data = try request("reload", socket: path, timeout: 120)
+        do { return try ReloadReport.decode(data) } catch { throw .garbled("\(error)") }
+    }
+
+    /// Sends one request line and reads the whole answer; an answer with "error" is thrown.
+    static func request(_ line: String, socket path: String, timeout: Int) throws(Failure) -> [UInt8] {
         let s: UnixSocket
         do { s = try UnixSocket.connect(to: path) } catch { throw .connect(path, error) }
-        s.setTimeout(seconds: 5)
+        s.setTimeout(seconds: timeout)
         let data: [UInt8]
         do {
-            try s.writeAll(Array("status\n".utf8))
+            try s.writeAll(Array((line + "\n").utf8))
             data = try s.read(limit: 64 << 20)
         } catch {
             throw .connect(path, error)
@@ -98,6 +202,6 @@ public enum ControlClient {
            let message = obj["error"] as? String {
             throw .daemon(message)
         }
-        do { return try StatusReport.decode(data) } catch { throw .garbled("\(error)") }
+        return data
     }
 }

@@ -19,6 +19,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var memoryBudget: UInt64
         public var swapBudget: UInt64
         public var lastTickMilliseconds: Double
+        /// Reloads asked for since the start (SIGHUP, `swapfairctl reload`).
+        public var reloads: Int? = nil
+        /// Parts that stopped for good (a listener), each with why.
+        public var problems: [String]? = nil
     }
 
     public struct VM: Codable, Sendable, Equatable {
@@ -121,11 +125,12 @@ public struct StatusReport: Codable, Sendable, Equatable {
 
     /// The report of a daemon that serves swap devices only (`--swap-only`).
     public static func swapOnly(_ c: SwapfairConfiguration, devices: SwapDevices, now: Double, started: Double,
-                                ticks: UInt64) -> StatusReport {
+                                ticks: UInt64, reloads: Int = 0, problems: [String] = []) -> StatusReport {
         let figures = devices.report(now: now)
         let daemon = Daemon(version: SwapfairVersion.string, pid: currentPID(), config: c.source, backend: "none (swap only)",
                             activity: "-", cgroupRoot: "-", intervalSeconds: c.host.interval, ticks: ticks,
-                            uptimeSeconds: now - started, memoryBudget: 0, swapBudget: 0, lastTickMilliseconds: 0)
+                            uptimeSeconds: now - started, memoryBudget: 0, swapBudget: 0, lastTickMilliseconds: 0,
+                            reloads: reloads, problems: problems)
         let vms = c.vms.map { vm in
             VM(name: vm.name, state: figures[vm.name] == nil ? "no swap device" : "swap device only", cgroup: nil,
                weight: Double(vm.weight), reservation: 0, limit: nil, demand: nil, entitled: nil, memoryHigh: nil,

@@ -15,13 +15,11 @@ import Glibc
 #endif
 
 /// Every VM's swap device: its volume, its NBD export (and ublk device, with `ublk = true`), and
-/// its share of the one swap engine.
+/// its share of the one swap engine. Devices are added, re-shared and retired live (a reload);
+/// what the engine knows a VM by (its client number) never changes while the daemon runs.
 public final class SwapDevices: Sendable {
     public let engine: SwapEngine
     public let pool: BufferPool
-    public let servers: [String: ExportServer]
-    /// The VMs' ublk block devices (`ublk = true`).
-    public let blockDevices: [String: UblkDevice]
     /// The host's own swap device (`host_swap_size`), served over ublk.
     public let hostSwap: UblkDevice?
     /// Double paging, seen from both sides: present with the host's swap device.
@@ -29,9 +27,31 @@ public final class SwapDevices: Sendable {
     /// Write elision over the host's swap device, when `write_elision` is on.
     public let elision: WriteElision?
     let hostSwapIDFile: String
-    let clients: [String: Int]
-    let shares: [String: IOShare]
+    /// What a device added later needs of how the first ones were made.
+    let context: Context
+    let logger: Logger
+    private let devices = Mutex(Devices())
     private let lastSample = Mutex<(time: Double, stats: [Int: ClientIOStats])>((0, [:]))
+
+    struct Context: Sendable {
+        let volumes: String
+        let nbdDir: String
+        let queueDepth: Int
+        let observer: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)?
+        let sharing: ElisionSharing?
+        let health: Health?
+    }
+
+    /// The devices being served, by VM name.
+    struct Devices {
+        var servers: [String: ExportServer] = [:]
+        var blockDevices: [String: UblkDevice] = [:]
+        var clients: [String: Int] = [:]
+        var shares: [String: IOShare] = [:]
+        var nextClient = 0
+        /// Removed VMs whose exports still have clients: served until the last one goes.
+        var retiring: [String: ExportServer] = [:]
+    }
 
     public enum Failure: Error, CustomStringConvertible {
         case volume(String, Volume.Failure)
@@ -52,21 +72,27 @@ public final class SwapDevices: Sendable {
         }
     }
 
+    /// The NBD exports being served, by VM name.
+    public var servers: [String: ExportServer] { devices.withLock { $0.servers } }
+    /// The VMs' ublk block devices (`ublk = true`).
+    public var blockDevices: [String: UblkDevice] { devices.withLock { $0.blockDevices } }
+
     /// Opens every configured volume (creating it sparse if missing) and starts its export.
-    public init(configuration c: SwapfairConfiguration, logger: Logger, doublePagingEvents: String? = nil) throws(Failure) {
-        let devices = c.vms.enumerated().compactMap { i, vm in vm.swapDevice.map { (i, vm, $0) } }
+    public init(configuration c: SwapfairConfiguration, logger: Logger, doublePagingEvents: String? = nil,
+                health: Health? = nil) throws(Failure) {
+        let configured = c.vms.filter { $0.swapDevice != nil }
+        self.logger = logger
         // Buffers for every request in flight, and for reads whose data is still being sent.
-        // (A host swap device alone needs none: its queue has buffers of its own.)
-        pool = BufferPool(count: devices.isEmpty ? 1 : c.host.swapQueueDepth * 2, bufferSize: devices.isEmpty ? 4096 : 1 << 20)
+        // (A host swap device alone needs none: its queue has buffers of its own.) Sized for the
+        // VMs' devices even when none is configured yet, so that a reload can add one.
+        pool = BufferPool(count: c.host.swapQueueDepth * 2, bufferSize: 1 << 20)
         do { engine = try SwapEngine(queueDepth: c.host.swapQueueDepth, pool: pool) } catch { throw .engine(error) }
         let volumes = c.host.stateDir + "/volumes"
         do {
             try FileAccess.makeDirectories(c.host.stateDir, mode: 0o700)
             try FileAccess.makeDirectory(volumes, mode: 0o700)
         } catch { throw .export("*", error) }
-        var servers: [String: ExportServer] = [:], clients: [String: Int] = [:], shares: [String: IOShare] = [:]
-        var targets: [(EngineTarget, owner: (uid: UInt32, gid: UInt32), rotational: Bool)] = []
-        if let vm = devices.first(where: { $0.2.ublk })?.1, let why = UblkDevice.unavailableReason() {
+        if let vm = configured.first(where: { $0.swapDevice?.ublk == true }), let why = UblkDevice.unavailableReason() {
             throw .blockDevice(vm.name, why)
         }
         let tracker = c.host.hostSwapSize == nil && c.host.hostSwapDevice == nil ? nil : DoublePagingTracker(window: c.host.doublePagingWindow)
@@ -75,74 +101,149 @@ public final class SwapDevices: Sendable {
             logger.warning("cannot write the double-paging event log", metadata: ["path": "\(doublePagingEvents)"])
         }
         let hostVolume = try Self.hostSwapVolume(c)
-        let elision = try Self.writeElision(c, hostVolume: hostVolume, guests: devices.map { ($0.1.name, $0.2.size) },
+        let elision = try Self.writeElision(c, hostVolume: hostVolume, guests: configured.map { ($0.name, $0.swapDevice?.size ?? 0) },
                                             logger: logger)
         let sharing = elision.flatMap { e in tracker.map { ElisionSharing(elision: e.elision, tracker: $0, log: eventLog) } }
         // With elision the sharing tells the tracker of each guest write (one digest for both).
         let observer = sharing != nil ? nil : tracker.map { Self.guestWrites(into: $0, log: eventLog) }
-        for (index, vm, d) in devices {
-            let volume: Volume
-            do { volume = try Volume(path: "\(volumes)/\(vm.name).img", size: d.size) } catch { throw .volume(vm.name, error) }
-            var access = ExportAccess()
-            var uids: [UInt32] = [], gids: [UInt32] = []
-            for u in d.users {
-                guard let uid = UInt32(u) ?? getpwnam(u).map({ $0.pointee.pw_uid }) else { throw .unknownUser(vm.name, u) }
-                access.uids.insert(uid)
-                uids.append(uid)
-            }
-            for g in d.groups {
-                guard let gid = UInt32(g) ?? getgrnam(g).map({ $0.pointee.gr_gid }) else { throw .unknownUser(vm.name, g) }
-                access.gids.insert(gid)
-                gids.append(gid)
-            }
-            let share = Self.share(d)
-            engine.setShare(client: index, share)
-            let rotational = BlockDeviceFacts.isRotational(fd: volume.fd)
-            do {
-                let server = try ExportServer(name: vm.name, socketPath: "\(c.host.nbdDir)/\(vm.name).sock", volume: volume,
-                                              client: index, engine: engine, pool: pool, access: access, logger: logger,
-                                              writeObserver: observer, sharing: sharing, rotational: rotational)
-                servers[vm.name] = server
-            } catch { throw .export(vm.name, error) }
-            clients[vm.name] = index
-            shares[vm.name] = share
-            if d.ublk {
-                targets.append((EngineTarget(name: vm.name, volume: volume, client: index, engine: engine,
-                                             writeObserver: observer, sharing: sharing),
-                                (uids.first ?? 0, gids.first ?? 0), rotational))
-            }
-            logger.notice("swap device ready", metadata: [
-                "vm": "\(vm.name)", "socket": "\(c.host.nbdDir)/\(vm.name).sock", "volume": "\(volume.path)",
-                "size": "\(d.size)", "direct_io": "\(volume.direct)", "rotational": "\(rotational)",
-                "share": "\(Self.describe(share))",
-            ])
-        }
-        self.servers = servers
-        self.clients = clients
-        self.shares = shares
+        context = Context(volumes: volumes, nbdDir: c.host.nbdDir, queueDepth: c.host.swapQueueDepth, observer: observer,
+                          sharing: sharing, health: health)
         self.tracker = tracker
         hostSwapIDFile = Self.hostSwapIDFile(c)
         self.elision = elision?.elision
         hostSwap = try hostVolume.flatMap { v throws(Failure) in
             try Self.hostSwapDevice(c, volume: v, tracker: tracker, elision: elision, logger: logger)
         }
-        engine.start()
-        // After the engine: a ublk device takes I/O (the kernel's partition scan) as it starts.
-        var blockDevices: [String: UblkDevice] = [:]
-        for (target, owner, rotational) in targets {
-            do {
-                blockDevices[target.name] = try Self.blockDevice(target, directory: volumes, linkDirectory: c.host.nbdDir, owner: owner,
-                                                                 rotational: rotational, queueDepth: c.host.swapQueueDepth, logger: logger)
-            } catch {
-                for d in blockDevices.values { d.detach() }
-                engine.stop()
-                if let hostSwap { try? hostSwap.stop() }
-                throw error
+        do {
+            var pending: [(VMConfig, ExportServer, EngineTarget?, (uid: UInt32, gid: UInt32), Bool)] = []
+            for vm in configured { pending.append(try prepare(vm)) }
+            engine.start()
+            // After the engine: a ublk device takes I/O (the kernel's partition scan) as it starts.
+            for p in pending { try serve(p) }
+        } catch {
+            for s in servers.values { s.stop() }
+            for d in blockDevices.values { d.detach() }
+            engine.stop()
+            if let hostSwap {
+                do { try hostSwap.stop() } catch let stopError {
+                    logger.error("cannot stop the host swap device after a failed start", metadata: ["error": "\(stopError)"])
+                }
             }
+            throw error
         }
-        self.blockDevices = blockDevices
-        Self.removeStaleBlockDevices(in: volumes, links: c.host.nbdDir, keeping: Set(blockDevices.keys), logger: logger)
-        for s in servers.values { s.start() }
+        do {
+            try Self.removeStaleBlockDevices(in: volumes, links: c.host.nbdDir, keeping: Set(blockDevices.keys), logger: logger)
+        } catch {
+            logger.warning("cannot look for the ublk devices of VMs no longer configured", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// A VM's volume opened, its export made (not yet accepting) and its engine share set.
+    private func prepare(_ vm: VMConfig) throws(Failure)
+        -> (VMConfig, ExportServer, EngineTarget?, (uid: UInt32, gid: UInt32), Bool)
+    {
+        guard let d = vm.swapDevice else { throw .export(vm.name, SysError("configure", "swap_device", .invalidArgument)) }
+        let volume: Volume
+        do { volume = try Volume(path: "\(context.volumes)/\(vm.name).img", size: d.size) } catch { throw .volume(vm.name, error) }
+        var access = ExportAccess()
+        var uids: [UInt32] = [], gids: [UInt32] = []
+        for u in d.users {
+            guard let uid = UInt32(u) ?? getpwnam(u).map({ $0.pointee.pw_uid }) else { throw .unknownUser(vm.name, u) }
+            access.uids.insert(uid)
+            uids.append(uid)
+        }
+        for g in d.groups {
+            guard let gid = UInt32(g) ?? getgrnam(g).map({ $0.pointee.gr_gid }) else { throw .unknownUser(vm.name, g) }
+            access.gids.insert(gid)
+            gids.append(gid)
+        }
+        let share = Self.share(d)
+        let index = devices.withLock { s in
+            if let existing = s.clients[vm.name] { return existing }
+            defer { s.nextClient += 1 }
+            return s.nextClient
+        }
+        let rotational = BlockDeviceFacts.isRotational(fd: volume.fd)
+        let server: ExportServer
+        do {
+            server = try ExportServer(name: vm.name, socketPath: "\(context.nbdDir)/\(vm.name).sock", volume: volume,
+                                      client: index, engine: engine, pool: pool, access: access, logger: logger,
+                                      writeObserver: context.observer, sharing: context.sharing, rotational: rotational,
+                                      health: context.health)
+        } catch { throw .export(vm.name, error) }
+        engine.setShare(client: index, share)
+        devices.withLock { s in
+            s.clients[vm.name] = index
+            s.shares[vm.name] = share
+        }
+        let target = d.ublk ? EngineTarget(name: vm.name, volume: volume, client: index, engine: engine,
+                                           writeObserver: context.observer, sharing: context.sharing) : nil
+        logger.notice("swap device ready", metadata: [
+            "vm": "\(vm.name)", "socket": "\(server.socketPath)", "volume": "\(volume.path)",
+            "size": "\(d.size)", "direct_io": "\(volume.direct)", "rotational": "\(rotational)",
+            "share": "\(Self.describe(share))",
+        ])
+        return (vm, server, target, (uids.first ?? 0, gids.first ?? 0), rotational)
+    }
+
+    /// Starts what `prepare` made: the ublk device (with the engine running), then the export.
+    private func serve(_ p: (VMConfig, ExportServer, EngineTarget?, (uid: UInt32, gid: UInt32), Bool)) throws(Failure) {
+        let (vm, server, target, owner, rotational) = p
+        if let target {
+            let device = try Self.blockDevice(target, directory: context.volumes, linkDirectory: context.nbdDir, owner: owner,
+                                              rotational: rotational, queueDepth: context.queueDepth, logger: logger)
+            devices.withLock { $0.blockDevices[vm.name] = device }
+        }
+        devices.withLock { $0.servers[vm.name] = server }
+        server.start()
+    }
+
+    /// A VM added by a reload: its volume, export (and ublk device) served from now on.
+    public func add(_ vm: VMConfig) throws(Failure) {
+        if vm.swapDevice?.ublk == true, let why = UblkDevice.unavailableReason() { throw .blockDevice(vm.name, why) }
+        let p = try prepare(vm)
+        do { try serve(p) } catch {
+            p.1.stop()
+            throw error
+        }
+    }
+
+    /// A VM's new share of the engine (a reload), in force from its next request; its clients
+    /// and its requests in flight are not touched.
+    public func setShare(vm: String, _ d: SwapDeviceConfig) {
+        let share = Self.share(d)
+        guard let client = devices.withLock({ s -> Int? in
+            guard let c = s.clients[vm] else { return nil }
+            s.shares[vm] = share
+            return c
+        }) else { return }
+        engine.setShare(client: client, share)
+        logger.notice("swap device share changed", metadata: ["vm": "\(vm)", "share": "\(Self.describe(share))"])
+    }
+
+    /// A VM removed by a reload: its export stops accepting at once; the clients it has are served
+    /// until they disconnect, then its share of the engine goes. (A ublk device is not retired
+    /// live: the kernel does not tell when its last opener is gone. The reload refuses that.)
+    public func retire(vm: String) {
+        guard let server = devices.withLock({ s -> ExportServer? in
+            guard let server = s.servers.removeValue(forKey: vm) else { return nil }
+            s.retiring[vm] = server
+            return server
+        }) else { return }
+        server.stopAccepting()
+        logger.notice("swap device retired: no new clients; served until its last client disconnects",
+                      metadata: ["vm": "\(vm)", "clients": "\(server.connectionCount)"])
+        startThread(named: "retire-\(vm)") { [self] in
+            server.waitUntilIdle()
+            let client = devices.withLock { s -> Int? in
+                s.retiring[vm] = nil
+                s.shares[vm] = nil
+                // Added again meanwhile: it keeps its client number and its share.
+                return s.servers[vm] == nil ? s.clients.removeValue(forKey: vm) : nil
+            }
+            if let client { engine.removeClient(client) }
+            logger.notice("swap device stopped: its last client disconnected", metadata: ["vm": "\(vm)"])
+        }
     }
 
     /// A VM's volume as `/dev/ublkbN`, owned by `owner` (mode 0660), so that the VM's VMM, and no
@@ -154,13 +255,13 @@ public final class SwapDevices: Sendable {
     static func blockDevice(_ target: EngineTarget, directory: String, linkDirectory: String, owner: (uid: UInt32, gid: UInt32),
                             rotational: Bool, queueDepth: Int, logger: Logger) throws(Failure) -> UblkDevice {
         let idFile = "\(directory)/\(target.name).ublk-id"
-        let previous = savedDeviceID(idFile)
+        let previous = savedDeviceID(idFile, logger: logger)
         let device: UblkDevice
         do {
             device = try UblkDevice(target: target, queueDepth: min(queueDepth, 128), maxIOBytes: 512 << 10, recover: previous,
                                     threadName: "ublk-\(target.name)", rotational: rotational)
         } catch { throw .blockDevice(target.name, "\(error)") }
-        try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
+        recordDeviceID(device.id, in: idFile, what: "VM \(target.name)'s ublk device", logger: logger)
         let path = device.blockDevicePath
         // The node appears with the device (devtmpfs); udev may take a moment.
         var tries = 0
@@ -188,12 +289,13 @@ public final class SwapDevices: Sendable {
 
     /// Devices left by an earlier configuration (a VM gone, or its `ublk` turned off): removed, on
     /// a thread of their own, since the kernel lets a device go only once nothing holds it open.
-    static func removeStaleBlockDevices(in directory: String, links: String, keeping: Set<String>, logger: Logger) {
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for f in files where f.hasSuffix(".ublk-id") && !keeping.contains(String(f.dropLast(8))) {
+    static func removeStaleBlockDevices(in directory: String, links: String, keeping: Set<String>, logger: Logger)
+        throws(SysError)
+    {
+        for f in try FileAccess.list(directory) where f.hasSuffix(".ublk-id") && !keeping.contains(String(f.dropLast(8))) {
             let path = "\(directory)/\(f)", vm = String(f.dropLast(8))
             unlink("\(links)/\(vm).ublk")
-            guard let id = savedDeviceID(path) else { unlink(path); continue }
+            guard let id = savedDeviceID(path, logger: logger) else { unlink(path); continue }
             startThread(named: "ublk-remove") {
                 do {
                     try UblkDevice.remove(id: id)
@@ -243,9 +345,15 @@ public final class SwapDevices: Sendable {
         guard c.host.writeElision else {
             // Turned off while guests share blocks: the host's slots may live elsewhere and guests'
             // pages in the host's blocks; serving without the map would hand out wrong pages.
-            if hostVolume != nil, BlockTable.holdsEntries(at: c.host.sharedMapDir + "/host.map")
-                || ((try? FileManager.default.contentsOfDirectory(atPath: c.host.sharedMapDir)) ?? []).contains(where: {
-                    $0.hasSuffix(".refs") && BlockTable.holdsEntries(at: c.host.sharedMapDir + "/" + $0) })
+            guard hostVolume != nil else { return nil }
+            let tables: [String]
+            do { tables = try FileAccess.list(c.host.sharedMapDir) } catch where error.errno == .noSuchFileOrDirectory {
+                tables = []
+            } catch {
+                throw .hostSwap("cannot tell whether \(c.host.sharedMapDir) records shared blocks: \(error)")
+            }
+            if BlockTable.holdsEntries(at: c.host.sharedMapDir + "/host.map")
+                || tables.contains(where: { $0.hasSuffix(".refs") && BlockTable.holdsEntries(at: c.host.sharedMapDir + "/" + $0) })
             {
                 throw .hostSwap("write_elision is off but \(c.host.sharedMapDir) records shared blocks from when it was on; "
                     + "turn it on again (the pages in them would be served wrong), or remove the tables once no guest and "
@@ -271,8 +379,7 @@ public final class SwapDevices: Sendable {
             tables[SharedBlockMap.hostReferences] = try BlockTable(path: dir + "/host.refs", count: physical - spare)
             // Tables of VMs no longer configured still hold blocks: they count, or the host would
             // reuse blocks that such a VM, configured again, reads its pages from.
-            let files = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-            for f in files where f.hasPrefix("vm-") && f.hasSuffix(".refs") {
+            for f in try FileAccess.list(dir) where f.hasPrefix("vm-") && f.hasSuffix(".refs") {
                 let name = String(f.dropFirst(3).dropLast(5))
                 guard tables[name] == nil, let count = BlockTable.entries(at: dir + "/" + f), count > 0 else { continue }
                 tables[name] = try BlockTable(path: dir + "/" + f, count: count)
@@ -306,7 +413,7 @@ public final class SwapDevices: Sendable {
         // The device's id, kept so that a daemon restarted after a crash takes the device over
         // (the kernel holds its I/O meanwhile) instead of leaving the swap on it to fail.
         let idFile = hostSwapIDFile(c)
-        let previous = savedDeviceID(idFile)
+        let previous = savedDeviceID(idFile, logger: logger)
         do {
             let maxIO = 512 << 10
             let target: any UblkTarget = if let elision {
@@ -321,7 +428,7 @@ public final class SwapDevices: Sendable {
             let rotational = BlockDeviceFacts.isRotational(fd: volume.fd)
             let device = try UblkDevice(target: target, queueDepth: min(c.host.swapQueueDepth, 128), maxIOBytes: maxIO,
                                         recover: previous, rotational: rotational)
-            try? "\(device.id)\n".write(toFile: idFile, atomically: true, encoding: .utf8)
+            recordDeviceID(device.id, in: idFile, what: "the host's swap device", logger: logger)
             var metadata: Logger.Metadata = [
                 "device": "\(device.blockDevicePath)", "volume": "\(volume.path)", "size": "\(size)",
                 "direct_io": "\(volume.direct)", "rotational": "\(rotational)",
@@ -335,9 +442,31 @@ public final class SwapDevices: Sendable {
 
     static func hostSwapIDFile(_ c: SwapfairConfiguration) -> String { c.host.stateDir + "/host-swap.ublk-id" }
 
-    /// The ublk device id a previous daemon kept in `path`, if any.
-    static func savedDeviceID(_ path: String) -> UInt32? {
-        (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { UInt32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    /// The ublk device id a previous daemon kept in `path`, if any. One that cannot be read is
+    /// said: without it the device is made anew instead of taken over.
+    static func savedDeviceID(_ path: String, logger: Logger) -> UInt32? {
+        let text: String?
+        do { text = try FileAccess.readIfPresent(path) } catch {
+            logger.error("cannot read the id of the ublk device a previous daemon served; a new device is made",
+                         metadata: ["file": "\(path)", "error": "\(error)"])
+            return nil
+        }
+        guard let text else { return nil }
+        guard let id = UInt32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            logger.error("the kept ublk device id is not a number; a new device is made", metadata: ["file": "\(path)"])
+            return nil
+        }
+        return id
+    }
+
+    /// Keeps a device's id for the next daemon, which takes the device over with it (the kernel
+    /// holds its I/O meanwhile). Without it a restart would leave the device's users with errors:
+    /// said at error level, since the device serves on all the same.
+    static func recordDeviceID(_ id: UInt32, in path: String, what: String, logger: Logger) {
+        do { try FileAccess.replace(path, with: "\(id)\n") } catch {
+            logger.error("cannot record \(what)'s id: a restarted daemon could not take the device over", metadata: [
+                "file": "\(path)", "error": "\(error)"])
+        }
     }
 
     static func share(_ d: SwapDeviceConfig) -> IOShare {
@@ -359,11 +488,25 @@ public final class SwapDevices: Sendable {
             + (s.limit.map { ", limit \(Int($0))\(u)" } ?? "")
     }
 
+    /// How long a stop waits for the requests in flight to be answered.
+    public static let drainSeconds = 5.0
+    var drainSeconds: Double { Self.drainSeconds }
+
     public func stop(logger: Logger? = nil) {
-        for s in servers.values { s.stop() }
+        let current = devices.withLock { $0 }
+        for s in current.servers.values { s.stop() }
+        for s in current.retiring.values { s.stop() }
         // The VMs' ublk devices stay for the next daemon, which takes them over: their requests wait
         // in the kernel meanwhile, as after a crash. Those the engine has are answered first.
-        for d in blockDevices.values { d.detach() }
+        for d in current.blockDevices.values { d.detach() }
+        // Every connection answers what the engine holds for it before it lets go; a disk that
+        // does not answer within the deadline is left to the process's exit.
+        let deadline = monotonicSeconds() + drainSeconds
+        for (name, s) in current.servers.merging(current.retiring, uniquingKeysWith: { a, _ in a })
+            where !s.waitUntilIdle(deadline: deadline) {
+            logger?.warning("a swap device's requests were still in flight at the stop's deadline", metadata: [
+                "vm": "\(name)", "deadline_s": "\(drainSeconds)"])
+        }
         engine.stop()
         if let elision {
             let s = elision.summary(check: true)
@@ -402,7 +545,10 @@ public final class SwapDevices: Sendable {
         }
         let dt = max(now - t0, 1e-3)
         var out: [String: StatusReport.SwapDevice] = [:]
-        for (name, client) in clients {
+        let current = devices.withLock { $0 }
+        let servers = current.servers.merging(current.retiring) { a, _ in a }
+        let shares = current.shares, blockDevices = current.blockDevices
+        for (name, client) in current.clients {
             let s = stats[client] ?? ClientIOStats()
             let p = previous[client] ?? ClientIOStats()
             let iops = Double((s.reads + s.writes) - (p.reads + p.writes)) / dt

@@ -37,6 +37,10 @@ public final class ExportServer: Sendable {
     let export: NBDExportInfo
     private let connections = Mutex<[Int32: Connection]>([:])
     private let stopped = Mutex(false)
+    /// Signalled when the accept loop has ended.
+    private let acceptDone = DispatchSemaphore(value: 0)
+    /// Where a listener that stops for good is recorded.
+    let health: Health?
     /// Told of every write the guest sends (export name, byte offset, payload) before it is queued:
     /// the guest's swap-outs, for the double-paging tracker.
     let writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)?
@@ -46,8 +50,9 @@ public final class ExportServer: Sendable {
     public init(name: String, socketPath: String, volume: Volume, client: Int, engine: SwapEngine, pool: BufferPool,
                 access: ExportAccess, logger: Logger,
                 writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)? = nil,
-                sharing: (any BlockSharing)? = nil, rotational: Bool = false) throws(SysError) {
+                sharing: (any BlockSharing)? = nil, rotational: Bool = false, health: Health? = nil) throws(SysError) {
         self.writeObserver = writeObserver
+        self.health = health
         self.sharing = sharing
         self.name = name
         self.socketPath = socketPath
@@ -77,28 +82,70 @@ public final class ExportServer: Sendable {
         startThread(named: "nbd-\(name)") { [self] in acceptLoop() }
     }
 
-    public func stop() {
-        stopped.withLock { $0 = true }
+    /// No new clients: the socket file goes and the accept loop ends; connections go on.
+    public func stopAccepting() {
+        let first = stopped.withLock { s in
+            defer { s = true }
+            return !s
+        }
+        guard first else { return }
         listener.shutdownBoth()
         unlink(socketPath)
+    }
+
+    /// Stops accepting and closes every connection; requests in flight are still answered by the
+    /// engine (their connections wait for them before they let go of their buffers).
+    public func stop() {
+        stopAccepting()
         for c in connections.withLock({ Array($0.values) }) { c.close() }
     }
 
     public var connectionCount: Int { connections.withLock { $0.count } }
 
+    /// Blocks until the accept loop has ended and every connection has gone (after `stopAccepting`),
+    /// or until `deadline` (monotonic seconds) has passed. True when idle.
+    @discardableResult
+    public func waitUntilIdle(deadline: Double = .infinity) -> Bool {
+        let wait = deadline.isFinite ? DispatchTime.now() + max(0, deadline - monotonicSeconds()) : .distantFuture
+        guard acceptDone.wait(timeout: wait) == .success else { return false }
+        acceptDone.signal()
+        while connectionCount > 0 {
+            if monotonicSeconds() >= deadline { return false }
+            usleep(20_000)
+        }
+        return true
+    }
+
     func acceptLoop() {
-        while !stopped.withLock({ $0 }) {
-            guard let sock = try? listener.accept() else { return }
-            guard let peer = try? sock.peerCredentials() else { continue }
+        acceptConnections(on: listener, isStopped: { stopped.withLock { $0 } }, report: { event in
+            let part = "NBD export \(name)"
+            switch event {
+            case .transient(let e, let retry):
+                logger.warning("NBD: cannot accept a connection; trying again", metadata: [
+                    "vm": "\(name)", "error": "\(e.errno.message)", "retry_in_ms": "\(Int(retry * 1000))"])
+            case .recovered(let failures):
+                logger.notice("NBD: accepting connections again", metadata: ["vm": "\(name)", "failures": "\(failures)"])
+            case .fatal(let e):
+                logger.error("NBD: the export stopped accepting connections", metadata: ["vm": "\(name)", "error": "\(e)"])
+                health?.record(part, "stopped accepting connections: \(e)")
+            }
+        }) { sock in
+            let peer: UnixSocket.Credentials
+            do { peer = try sock.peerCredentials() } catch {
+                logger.notice("NBD: dropped a client whose credentials cannot be read", metadata: [
+                    "vm": "\(name)", "error": "\(error)"])
+                return
+            }
             guard access.allows(uid: peer.uid, gid: peer.gid) else {
                 logger.warning("NBD: refused a client not allowed on this VM's volume",
                                metadata: ["vm": "\(name)", "uid": "\(peer.uid)", "gid": "\(peer.gid)", "pid": "\(peer.pid)"])
-                continue  // closing the socket is the whole answer: the spec has nothing better before the greeting
+                return  // closing the socket is the whole answer: the spec has nothing better before the greeting
             }
             let c = Connection(server: self, socket: sock, peer: peer)
             connections.withLock { $0[sock.fd.rawValue] = c }
             c.start()
         }
+        acceptDone.signal()
     }
 
     func finished(_ c: Connection) { connections.withLock { _ = $0.removeValue(forKey: c.socket.fd.rawValue) } }

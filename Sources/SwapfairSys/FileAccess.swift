@@ -67,6 +67,39 @@ public enum FileAccess {
         }
     }
 
+    /// Replaces a small file whole: written to `path.tmp`, flushed, then renamed over `path`, so
+    /// that a crash leaves the old contents or the new, never a mix. The corresponding C functions
+    /// are `open`, `write`, `fsync` and `rename`.
+    public static func replace(_ path: String, with text: String, mode: mode_t = 0o600) throws(SysError) {
+        let temporary = path + ".tmp"
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(FilePath(temporary), .writeOnly, options: [.closeOnExec, .create, .truncate],
+                                         permissions: FilePermissions(rawValue: mode), retryOnInterrupt: true)
+        } catch {
+            throw SysError("open", temporary, Errno(error))
+        }
+        do {
+            _ = try Array(text.utf8).withUnsafeBytes { try fd.writeAll($0) }
+            guard fsync(fd.rawValue) == 0 else { throw Errno(rawValue: errno) }
+            try fd.close()
+        } catch {
+            try? fd.close()  // the write's error is the one to report
+            unlink(temporary)
+            throw SysError("write", temporary, Errno(error))
+        }
+        guard rename(temporary, path) == 0 else {
+            let e = Errno(rawValue: errno)
+            unlink(temporary)
+            throw SysError("rename", path, e)
+        }
+    }
+
+    /// The contents of a small file, or nil when it does not exist; any other failure is thrown.
+    public static func readIfPresent(_ path: String) throws(SysError) -> String? {
+        do { return try read(path) } catch where error.errno == .noSuchFileOrDirectory { return nil }
+    }
+
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     public static func isDirectory(_ path: String) -> Bool {

@@ -25,6 +25,12 @@ public struct ServiceNotifier: Sendable {
     public func status(_ text: String) { send("STATUS=\(text)") }
     public func watchdog() { send("WATCHDOG=1") }
     public func stopping() { send("STOPPING=1") }
+    /// A reload has begun; READY=1 ends it. `MONOTONIC_USEC` is what `Type=notify-reload` wants.
+    public func reloading() {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        send("RELOADING=1\nMONOTONIC_USEC=\(Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000)")
+    }
 
     /// Sends one notification. The corresponding C functions are `socket` and `sendto`.
     @discardableResult

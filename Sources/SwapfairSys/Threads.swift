@@ -4,12 +4,15 @@ import Foundation
 /// Starts a thread under a name the kernel shows (`top -H`, `ps -L`, `/proc/PID/task/TID/comm`),
 /// so that an operator can tell the engine from the NBD readers. Foundation's `Thread.name` names
 /// only the object here. Linux keeps the first 15 bytes.
-public func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
+/// `stackSize`: bytes of stack, for threads that do little (the default is 8 MiB, which a daemon
+/// that locks its memory would hold resident for each thread).
+public func startThread(named name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
     let thread = Thread {
         nameCurrentThread(name)
         body()
     }
     thread.name = name
+    if let stackSize { thread.stackSize = stackSize }
     thread.start()
 }
 

@@ -98,13 +98,21 @@ public final class UnixSocket: @unchecked Sendable {
         setsockopt(fd.rawValue, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
+    /// Writes every byte, waiting for room (within the socket's timeout). A peer that has gone
+    /// away is an error (EPIPE), never a signal: `send` with `MSG_NOSIGNAL`, so that nothing a
+    /// client does can end the process. The corresponding C function is `send`.
     public func writeAll(_ bytes: [UInt8]) throws(SysError) {
-        do {
-            _ = try bytes.withUnsafeBytes { try fd.writeAll($0) }
-        } catch let e as Errno {
-            throw SysError("write", "socket", e)
-        } catch {
-            throw SysError("write", "socket", .ioError)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { b in
+                Glibc.send(fd.rawValue, b.baseAddress! + sent, b.count - sent, Int32(MSG_NOSIGNAL))
+            }
+            if n < 0 {
+                let e = Errno(rawValue: errno)
+                if e == .interrupted { continue }
+                throw SysError("send", "socket", e)
+            }
+            sent += n
         }
     }
 
@@ -128,6 +136,38 @@ public final class UnixSocket: @unchecked Sendable {
             if let delimiter, chunk[0..<got].contains(delimiter) { break }
         }
         return out
+    }
+
+    /// Reads until `delimiter` (included), end of stream, `limit` bytes or `deadline` (monotonic
+    /// seconds), whichever comes first: a peer that sends slowly, or nothing, cannot hold the
+    /// reader past the deadline. Returns what arrived and whether the deadline cut it short.
+    /// The corresponding C functions are `poll` and `read`.
+    public func read(until delimiter: UInt8, limit: Int, deadline: Double) throws(SysError) -> (bytes: [UInt8], timedOut: Bool) {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while out.count < limit {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { return (out, true) }
+            var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, Int32(min(left * 1000, 60_000).rounded(.up)))
+            if ready < 0 {
+                let e = Errno(rawValue: errno)
+                if e == .interrupted { continue }
+                throw SysError("poll", "socket", e)
+            }
+            if ready == 0 { continue }
+            let want = min(chunk.count, limit - out.count)
+            let got = chunk.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, want) }
+            if got < 0 {
+                let e = Errno(rawValue: errno)
+                if e == .interrupted || e == .resourceTemporarilyUnavailable { continue }
+                throw SysError("read", "socket", e)
+            }
+            if got == 0 { break }
+            out.append(contentsOf: chunk[0..<got])
+            if chunk[0..<got].contains(delimiter) { break }
+        }
+        return (out, false)
     }
 
     /// Stops further reads and writes, waking a thread blocked in `accept`. (`shutdown`)

@@ -12,7 +12,7 @@ struct SwapfairCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swapfairctl",
         abstract: "Inspect and check swapfair.",
-        subcommands: [Status.self, CheckConfig.self, Plan.self, Simulate.self, Balloon.self])
+        subcommands: [Status.self, Reload.self, CheckConfig.self, Plan.self, Simulate.self, Balloon.self])
 }
 
 /// Prints a message and exits with status 1.
@@ -38,6 +38,29 @@ struct Status: ParsableCommand {
         let report: StatusReport
         do { report = try ControlClient.status(socket: socket) } catch { fail(error.description) }
         print(json ? report.json() : StatusTable.render(report), terminator: json ? "\n" : "")
+    }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask the running daemon to read its configuration again; print what changed or why it was refused.",
+        discussion: "Exit status: 0 when the file was applied (or said nothing new), 1 when it was refused, "
+            + "2 when the daemon cannot be reached.")
+
+    @Option(name: .long, help: "Control socket of the running daemon.")
+    var socket: String = HostConfig().socket
+
+    @Flag(name: .long, help: "Print the outcome as JSON.")
+    var json = false
+
+    func run() throws {
+        let report: ReloadReport
+        do { report = try ControlClient.reload(socket: socket) } catch {
+            FileHandle.standardError.write(Data("swapfairctl: \(error.description)\n".utf8))
+            Foundation.exit(2)
+        }
+        print(json ? report.json() : report.text)
+        if report.outcome == .refused { Foundation.exit(1) }
     }
 }
 

@@ -42,6 +42,8 @@ struct Swapfaird: ParsableCommand {
     var swapOnly = false
 
     func run() throws {
+        // Before anything can write to a socket: a peer that leaves must never end the process.
+        Daemon.ignoreStraySignals()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { _ in LineLogHandler(level: level) }
         let logger = Logger(label: "swapfaird")
@@ -52,8 +54,13 @@ struct Swapfaird: ParsableCommand {
         do { configuration = try ConfigSource.load(explicit: config, facts: facts) } catch {
             fail("the configuration is invalid; not starting:\n\(error)")
         }
-        if let cgroupRoot { configuration.host.cgroupRoot = cgroupRoot }
-        if let socket { configuration.host.socket = socket }
+        let overrides: @Sendable (inout SwapfairConfiguration) -> Void = { [cgroupRoot, socket] c in
+            if let cgroupRoot { c.host.cgroupRoot = cgroupRoot }
+            if let socket { c.host.socket = socket }
+        }
+        overrides(&configuration)
+        let health = Health()
+        let notifier = ServiceNotifier(environment: ProcessInfo.processInfo.environment)
         // Before the devices: starting them can take a while (a ublk take-over waits for the
         // kernel), and a stop asked for meanwhile must be heard, not ignored.
         let daemon = Daemon()
@@ -63,12 +70,17 @@ struct Swapfaird: ParsableCommand {
         if configuration.vms.contains(where: { $0.swapDevice != nil }) || configuration.host.hostSwapSize != nil
             || configuration.host.hostSwapDevice != nil {
             if !allowFakeRoot { SwapServerProtection.apply(logger: logger) }
-            do { devices = try SwapDevices(configuration: configuration, logger: logger, doublePagingEvents: doublePagingEvents) } catch {
+            do {
+                devices = try SwapDevices(configuration: configuration, logger: logger, doublePagingEvents: doublePagingEvents,
+                                          health: health)
+            } catch {
                 fail("\(error)")
             }
         }
         if swapOnly {
-            runSwapOnly(configuration, devices: devices, daemon: daemon, logger: logger)
+            let reloader = Reloader(explicitPath: config, facts: facts, current: configuration, devices: devices, logger: logger,
+                                    health: health, overrides: overrides)
+            runSwapOnly(configuration, reloader: reloader, daemon: daemon, health: health, notifier: notifier, logger: logger)
             withExtendedLifetime(signals) {}
             return
         }
@@ -119,66 +131,91 @@ struct Swapfaird: ParsableCommand {
                                activity: monitor, now: monotonicSeconds())
         loop.swapDevices = devices
         loop.tracker = devices?.tracker
+        loop.health = health
+        let reloader = Reloader(explicitPath: config, facts: facts, current: configuration, devices: devices, logger: logger,
+                                health: health, overrides: overrides) { change in
+            loop.reconfigure(change, now: monotonicSeconds())
+        }
 
-        var group: UInt32?
-        if let name = configuration.host.socketGroup {
-            group = UInt32(name) ?? getgrnam(name).map { $0.pointee.gr_gid }
-            if group == nil { logger.warning("socket_group \(name) does not exist; root only") }
-        }
-        let server: ControlServer?
-        do {
-            server = try ControlServer(path: configuration.host.socket, board: board, allowedGroup: group, logger: logger)
-        } catch {
-            logger.error("control socket unavailable; running without it", metadata: ["error": "\(error)"])
-            server = nil
-        }
-        if let server {
-            startThread(named: "control-socket") { server.serve() }
-        }
+        let server = controlServer(configuration, board: board, daemon: daemon, health: health, logger: logger)
         // systemd: READY once the VMs are placed and the first plan is applied; STATUS and a
         // watchdog ping from every tick, so a loop that stops making progress gets restarted.
-        let notifier = ServiceNotifier(environment: ProcessInfo.processInfo.environment)
         if let w = notifier.watchdogSeconds, w < configuration.host.interval * 2 {
             logger.warning("WatchdogSec is shorter than two control intervals; the service may be restarted needlessly",
                            metadata: ["watchdog_s": "\(w)", "interval_s": "\(configuration.host.interval)"])
         }
-        daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks) { loop in
-            let summary = "\(loop.runningVMs.count) of \(configuration.vms.count) VMs managed, "
-                + "budget \(Format.bytes(loop.planner.host.memoryBudget))"
+        daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks, reload: {
+            let outcome = reloader.reload()
+            loop.reloads = reloader.count
+            loop.swapDevices = reloader.devices
+            loop.tracker = reloader.devices?.tracker
+            return outcome
+        }, notifier: notifier) { loop in
+            let summary = "\(loop.runningVMs.count) of \(loop.configuration.vms.count) VMs managed, "
+                + "budget \(Format.bytes(loop.planner.host.memoryBudget))" + Self.problems(health)
             if loop.ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
             notifier.watchdog()
         }
+        // In order: no new control clients; balloons give their guests back their RAM (under one
+        // deadline); the swap devices stop accepting, answer what is in flight, and the engine stops.
         notifier.stopping()
-        loop.finish()
         server?.stop()
+        loop.finish()
         monitor?.stop()
-        devices?.stop(logger: logger)
+        reloader.devices?.stop(logger: logger)
         withExtendedLifetime(signals) {}
         logger.notice("stopped", metadata: ["ticks": "\(loop.ticks)"])
     }
 
+    /// The control socket, on a thread of its own; a daemon without one still runs, and says so.
+    func controlServer(_ c: SwapfairConfiguration, board: StatusBoard, daemon: Daemon, health: Health,
+                       logger: Logger) -> ControlServer? {
+        var group: UInt32?
+        if let name = c.host.socketGroup {
+            group = UInt32(name) ?? getgrnam(name).map { $0.pointee.gr_gid }
+            if group == nil { logger.warning("socket_group \(name) does not exist; root only") }
+        }
+        do {
+            let server = try ControlServer(path: c.host.socket, board: board, allowedGroup: group, logger: logger,
+                                           reload: { daemon.reloadAndWait() }, health: health)
+            startThread(named: "control-socket", stackSize: 512 << 10) { server.serve() }
+            return server
+        } catch {
+            logger.error("control socket unavailable; running without it", metadata: ["error": "\(error)"])
+            health.record("control socket", "unavailable: \(error)")
+            return nil
+        }
+    }
+
+    static func problems(_ health: Health) -> String {
+        let p = health.current
+        return p.isEmpty ? "" : "; PROBLEM: " + p.joined(separator: "; ")
+    }
+
     /// Serves swap devices and the control socket, nothing else, until SIGTERM or SIGINT.
-    func runSwapOnly(_ c: SwapfairConfiguration, devices: SwapDevices?, daemon: Daemon, logger: Logger) {
-        guard let devices else { fail("--swap-only, but no VM has a swap_device and there is no host swap device") }
-        logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(devices.servers.count)"])
+    func runSwapOnly(_ c: SwapfairConfiguration, reloader: Reloader, daemon: Daemon, health: Health,
+                     notifier: ServiceNotifier, logger: Logger) {
+        guard let first = reloader.devices else { fail("--swap-only, but no VM has a swap_device and there is no host swap device") }
+        logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(first.servers.count)"])
         let board = StatusBoard()
-        let server = try? ControlServer(path: c.host.socket, board: board, allowedGroup: nil, logger: logger)
-        if let server { startThread(named: "control-socket") { server.serve() } }
+        let server = controlServer(c, board: board, daemon: daemon, health: health, logger: logger)
         let started = monotonicSeconds()
-        let notifier = ServiceNotifier(environment: ProcessInfo.processInfo.environment)
         var ticks: UInt64 = 0
-        while !daemon.stopRequested {
+        daemon.run(interval: { reloader.current.host.interval }, maxTicks: self.ticks, reload: { reloader.reload() },
+                   notifier: notifier) {
             ticks += 1
-            board.publish(StatusReport.swapOnly(c, devices: devices, now: monotonicSeconds(), started: started, ticks: ticks))
-            let summary = "serving \(devices.servers.count) swap devices" + (devices.hostSwap.map { " and host swap on \($0.blockDevicePath)" } ?? "")
+            let devices = reloader.devices ?? first
+            board.publish(StatusReport.swapOnly(reloader.current, devices: devices, now: monotonicSeconds(), started: started,
+                                                ticks: ticks, reloads: reloader.count, problems: health.current))
+            let summary = "serving \(devices.servers.count) swap devices"
+                + (devices.hostSwap.map { " and host swap on \($0.blockDevicePath)" } ?? "") + Self.problems(health)
             if ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
             notifier.watchdog()
-            if let limit = self.ticks, ticks >= limit { break }
-            daemon.sleep(c.host.interval)
+            return ticks
         }
         notifier.stopping()
         server?.stop()
-        devices.stop(logger: logger)
+        (reloader.devices ?? first).stop(logger: logger)
         logger.notice("stopped")
     }
 

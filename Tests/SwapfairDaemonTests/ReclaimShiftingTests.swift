@@ -100,7 +100,7 @@ import SwapfairTracking
         #expect(written != nil && written == highs.last?["a"], "the raised limit is what was written")
         #expect((highs.last?["a"] ?? 0) > (base["a"] ?? 0) + 256 * MiB)
         // The record a restart resumes from.
-        #expect(ShiftRecord.load(stateDir: dir, vm: "a") == ShiftRecord(guestMemory: 2 * GiB, shift: 512 * MiB))
+        #expect(try ShiftRecord.load(stateDir: dir, vm: "a") == ShiftRecord(guestMemory: 2 * GiB, shift: 512 * MiB))
         let status = loop.report(now: 6).vms[0].reclaimShift
         #expect(status?.shift == 512 * MiB && status?.balloonActual == 1536 * MiB && status?.error == nil)
         #expect(StatusTable.render(loop.report(now: 6)).contains("reclaim shifting"))
@@ -122,7 +122,7 @@ import SwapfairTracking
         // A clean stop gives the guest all its RAM back and forgets the record.
         loop.finish()
         #expect(balloon.now == 2 * GiB)
-        #expect(ShiftRecord.load(stateDir: dir, vm: "a") == nil)
+        #expect(try ShiftRecord.load(stateDir: dir, vm: "a") == nil)
         #expect(log.contains("reclaim shift undone at stop"))
     }
 
@@ -172,7 +172,7 @@ import SwapfairTracking
         _ = tick(loop, 2)
         #expect(log.contains("the shift recorded before the restart is forgotten"))
         #expect(loop.vms[0].shift?.shift == 0 && loop.vms[0].plan?.reclaimShift == 0)
-        #expect(ShiftRecord.load(stateDir: dir, vm: "a") == nil)
+        #expect(try ShiftRecord.load(stateDir: dir, vm: "a") == nil)
         #expect(balloon.now == 2 * GiB)
     }
 
