@@ -31,3 +31,15 @@ public enum CgroupError: Error, Sendable, Equatable, CustomStringConvertible {
         }
     }
 }
+
+extension CgroupError {
+    /// The file is not there in this kernel or set-up (swap accounting off, PSI off), as opposed to
+    /// a read that failed: the first means "not measured here", the second "not known this tick".
+    public var isAbsentFile: Bool {
+        switch self {
+        case .controllerMissing: return true
+        case .system(let e): return e.errno == .noSuchFileOrDirectory || e.errno == .notSupported
+        default: return false
+        }
+    }
+}

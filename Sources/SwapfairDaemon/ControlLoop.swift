@@ -183,8 +183,15 @@ public final class ControlLoop {
         if let g = vms[i].group {
             let release: [KnobChange] = [KnobChange(.memoryHigh, .max), KnobChange(.memoryLow, .bytes(0)),
                                          KnobChange(.memorySwapMax, .max)]
+            // A slow write still running would make this one be skipped: it goes first.
+            let deadline = monotonicSeconds() + 5
+            while writer.isPending(g) && monotonicSeconds() < deadline { usleep(10_000) }
+            _ = writer.takeFinished(g)
             switch writer.set(g, release, mayReclaim: false) {
-            case .written, .slow, .skipped:
+            case .skipped:
+                logger.error("VM let go, but a write to its group is still running; its limits stay", metadata: [
+                    "vm": "\(name)", "cgroup": "\(g)", "reason": "\(reason)"])
+            case .written, .slow:
                 logger.notice("VM let go: its group keeps no limit of swapfair's but memory.max", metadata: [
                     "vm": "\(name)", "cgroup": "\(g)", "reason": "\(reason)"])
             case .failed(let error):
@@ -482,12 +489,21 @@ public final class ControlLoop {
                 try FastParse.memoryStat(b, file: "\(g)/memory.stat")
             }
             r.current = try files.number(.memoryCurrent)
-            r.swap = (try? files.number(.swapCurrent)) ?? 0
-            // PSI may be off (psi=0): then the feedback holds and the rest still works.
-            r.pressure = try? files.withBytes(.memoryPressure) { b throws(CgroupError) in
-                try FastParse.pressureSome(b, file: "\(g)/memory.pressure")
+            // Without swap accounting (no memory.swap.current) a group has no swap to count; a
+            // read that fails is not known, not zero: the swap floor must not drop under what the
+            // VM holds, so the whole reading fails and the loop holds what it last knew.
+            do { r.swap = try files.number(.swapCurrent) } catch where error.isAbsentFile { r.swap = 0 }
+            // PSI may be off (psi=0, no memory.pressure): then the feedback holds and the rest
+            // still works. A failed read of a file that is there fails the reading likewise.
+            do {
+                r.pressure = try files.withBytes(.memoryPressure) { b throws(CgroupError) in
+                    try FastParse.pressureSome(b, file: "\(g)/memory.pressure")
+                }
+            } catch where error.isAbsentFile {
+                r.pressure = nil
             }
             if job.readEvents {
+                // For the status report only: a failed read leaves the last counts shown.
                 r.events = try? files.withBytes(.memoryEvents) { b throws(CgroupError) in
                     try FastParse.memoryEvents(b, file: "\(g)/memory.events")
                 }
@@ -507,8 +523,15 @@ public final class ControlLoop {
             drop(i, reason: "its cgroup \(g) vanished", removeGroup: false, forget: true)
             return nil
         case let error?:
-            logger.warning("cannot observe VM; skipped this tick", metadata: ["vm": "\(name)", "error": "\(error)"])
-            return nil
+            // Not known is not zero: the plan is made from what was last known (its time too, so
+            // no stall or activity is inferred), which keeps the VM's share and limits as they are.
+            // A VM never observed yet is left out of this tick.
+            guard let last = vms[i].observation else {
+                logger.warning("cannot observe VM; skipped this tick", metadata: ["vm": "\(name)", "error": "\(error)"])
+                return nil
+            }
+            logger.warning("cannot observe VM; holding what was last known", metadata: ["vm": "\(name)", "error": "\(error)"])
+            return last
         case nil:
             break
         }

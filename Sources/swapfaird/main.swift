@@ -133,9 +133,9 @@ struct Swapfaird: ParsableCommand {
         loop.tracker = devices?.tracker
         loop.health = health
         let reloader = Reloader(explicitPath: config, facts: facts, current: configuration, devices: devices, logger: logger,
-                                health: health, overrides: overrides) { change in
+                                health: health, overrides: overrides, apply: { change in
             loop.reconfigure(change, now: monotonicSeconds())
-        }
+        })
 
         let server = controlServer(configuration, board: board, daemon: daemon, health: health, logger: logger)
         // systemd: READY once the VMs are placed and the first plan is applied; STATUS and a

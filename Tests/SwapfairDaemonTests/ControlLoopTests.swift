@@ -183,19 +183,25 @@ import SwapfairTestSupport
         #expect(report.vms.allSatisfy { $0.state.contains("does not exist") })
     }
 
-    @Test func malformedStatisticsSkipTheVMForThatTickOnly() throws {
+    /// A reading that fails is not known, not zero: the VM is planned from what was last known,
+    /// so its share and limits stay where they were, and it is read again next tick.
+    @Test func unreadableStatisticsHoldWhatWasLastKnown() throws {
         let tree = try FakeCgroupTree()
         try setUp(tree)
         let log = LogCapture()
         let loop = ControlLoop(configuration: try configuration(Self.threeVMs), facts: facts,
                                root: CgroupRoot(path: tree.path), logger: log.logger(), now: 0)
-        loop.tick(now: 0)
+        let first = loop.tick(now: 0)
+        let high = try tree.read("machine.slice/a.scope", "memory.high")
         try tree.write("machine.slice/a.scope", "memory.stat", "garbage\n")
         let plans = loop.tick(now: 1)
-        #expect(plans.map(\.name) == ["b", "c"])
-        #expect(log.contains("cannot observe VM") && log.contains("malformed"))
+        #expect(plans.map(\.name) == ["a", "b", "c"])
+        #expect(plans[0].entitled == first[0].entitled && plans[0].memoryHigh == first[0].memoryHigh)
+        #expect(try tree.read("machine.slice/a.scope", "memory.high") == high)
+        #expect(log.contains("holding what was last known") && log.contains("malformed"))
         try tree.update("machine.slice/a.scope", FakeCgroupTree.Group(current: GiB))
         #expect(loop.tick(now: 2).map(\.name) == ["a", "b", "c"])
+        #expect(loop.vms[0].observation?.memoryCurrent == GiB)
     }
 
     @Test func aPidFileVMIsMovedIntoItsScope() throws {
