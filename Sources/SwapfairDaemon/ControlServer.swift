@@ -95,9 +95,13 @@ public final class ControlServer: Sendable {
             return now - last >= 10
         }
         if warn { logger.warning("control socket: \(Self.maxClients) clients already; refusing more for now") }
+        // On the accept thread: nothing here may wait on the client.
+        client.discardPending()
         do { try client.writeAll(Array("{\"error\": \"busy: \(Self.maxClients) clients at once; try again\"}\n".utf8)) } catch {
             logger.debug("control socket: a refused client left first", metadata: ["error": "\(error)"])
         }
+        client.discardPending()
+        client.shutdownWrite()
     }
 
     func handle(_ client: UnixSocket) {
@@ -147,11 +151,15 @@ public final class ControlServer: Sendable {
         }
     }
 
-    /// One reply; a client that has gone is no error of the daemon's.
+    /// One reply; a client that has gone is no error of the daemon's. Whatever the client still
+    /// sends is read and dropped for a moment, so that closing does not reset the connection
+    /// under the answer.
     func answer(_ client: UnixSocket, _ json: String) {
         do { try client.writeAll(Array((json + "\n").utf8)) } catch {
             logger.debug("control socket: a client left before its answer", metadata: ["error": "\(error)"])
+            return
         }
+        client.finish(deadline: monotonicSeconds() + 0.5)
     }
 }
 
@@ -193,7 +201,9 @@ public enum ControlClient {
         s.setTimeout(seconds: timeout)
         let data: [UInt8]
         do {
-            try s.writeAll(Array((line + "\n").utf8))
+            // A daemon that refuses (busy) answers and closes, perhaps before the request is
+            // sent: its answer is still there to read.
+            do { try s.writeAll(Array((line + "\n").utf8)) } catch where error.errno == .brokenPipe || error.errno == .connectionReset {}
             data = try s.read(limit: 64 << 20)
         } catch {
             throw .connect(path, error)

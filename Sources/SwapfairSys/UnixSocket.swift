@@ -170,6 +170,32 @@ public final class UnixSocket: @unchecked Sendable {
         return (out, false)
     }
 
+    /// Says "no more from this side" (`shutdown(SHUT_WR)`), then reads and drops what the peer
+    /// still sends, until it closes, `limit` bytes or `deadline`: closing a socket with unread
+    /// input resets the connection, and the peer would lose the answer it was sent.
+    public func finish(deadline: Double, limit: Int = 1 << 20) {
+        Glibc.shutdown(fd.rawValue, Int32(SHUT_WR))
+        var dropped = 0
+        while dropped < limit {
+            do {
+                let (bytes, timedOut) = try read(until: 0, limit: min(64 << 10, limit - dropped), deadline: deadline)
+                if bytes.isEmpty || timedOut { return }
+                dropped += bytes.count
+            } catch {
+                return  // the peer is gone: nothing left to protect
+            }
+        }
+    }
+
+    /// Drops what has arrived so far without waiting (`recv` with `MSG_DONTWAIT`).
+    public func discardPending() {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while chunk.withUnsafeMutableBytes({ recv(fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }) > 0 {}
+    }
+
+    /// No more writes from this side; the peer reads end of stream after what was sent. (`shutdown`)
+    public func shutdownWrite() { Glibc.shutdown(fd.rawValue, Int32(SHUT_WR)) }
+
     /// Stops further reads and writes, waking a thread blocked in `accept`. (`shutdown`)
     public func shutdownBoth() { Glibc.shutdown(fd.rawValue, Int32(SHUT_RDWR)) }
 }

@@ -138,4 +138,80 @@ import SwapfairTestSupport
         }
         #expect(try String(contentsOfFile: plain, encoding: .utf8) == "precious")
     }
+
+    func serving(reload: (@Sendable () -> ReloadReport)? = nil) throws -> (ControlServer, String, StatusBoard) {
+        let path = socketPath()
+        let board = StatusBoard()
+        board.publish(StatusReport(daemon: StatusReport.Daemon(
+            version: "t", pid: 1, config: "c", backend: "none", activity: "-", cgroupRoot: "-", intervalSeconds: 1, ticks: 1,
+            uptimeSeconds: 1, memoryBudget: 0, swapBudget: 0, lastTickMilliseconds: 0), vms: []))
+        let server = try ControlServer(path: path, board: board, allowedGroup: nil, logger: LogCapture().logger(), reload: reload)
+        startThread(named: "test-control") { server.serve() }
+        return (server, path, board)
+    }
+
+    /// Clients that connect and say nothing, or send a byte now and then, hold nobody else up;
+    /// each is answered (and let go) within the deadline.
+    @Test func silentAndSlowClientsDelayNoOther() throws {
+        let (server, path, _) = try serving()
+        defer { server.stop() }
+        var silent: [UnixSocket] = []
+        for _ in 0..<8 { silent.append(try UnixSocket.connect(to: path)) }
+        let slow = try UnixSocket.connect(to: path)
+        try slow.writeAll(Array("st".utf8))
+        let began = monotonicSeconds()
+        _ = try ControlClient.status(socket: path)
+        #expect(monotonicSeconds() - began < 0.5)
+        // The silent ones are told why and closed once their time is up.
+        silent[0].setTimeout(seconds: 5)
+        let answer = String(decoding: try silent[0].read(limit: 4096), as: UTF8.self)
+        #expect(answer.contains("no request line within"), "\(answer)")
+        #expect(eventually(3) { server.activeClients == 0 })
+    }
+
+    /// Past `maxClients` at once a client is told the daemon is busy instead of waiting.
+    @Test func clientsBeyondTheBoundAreToldTheDaemonIsBusy() throws {
+        let (server, path, _) = try serving()
+        defer { server.stop() }
+        var held: [UnixSocket] = []
+        for _ in 0..<ControlServer.maxClients { held.append(try UnixSocket.connect(to: path)) }
+        #expect(eventually(2) { server.activeClients == ControlServer.maxClients })
+        do {
+            _ = try ControlClient.status(socket: path)
+            Issue.record("a client beyond the bound was served")
+        } catch {
+            #expect(error.description.contains("busy"), "\(error)")
+        }
+        held.removeAll()
+        #expect(eventually(4) { (try? ControlClient.status(socket: path)) != nil })
+    }
+
+    @Test func garbageAndOverlongRequestsGetAnErrorAndTheServerGoesOn() throws {
+        let (server, path, _) = try serving()
+        defer { server.stop() }
+        let long = try UnixSocket.connect(to: path)
+        long.setTimeout(seconds: 5)
+        // A megabyte with no newline: answered after the limit, the rest never read.
+        try? long.writeAll([UInt8](repeating: 0x41, count: 64 << 10))
+        let answer = String(decoding: try long.read(limit: 4096), as: UTF8.self)
+        #expect(answer.contains("longer than"), "\(answer)")
+        let garbage = try UnixSocket.connect(to: path)
+        try garbage.writeAll([0xff, 0x00, 0x22, 0x5c, 0x0a])
+        let reply = try garbage.read(limit: 4096)
+        #expect(String(decoding: reply, as: UTF8.self).contains("unknown request"))
+        // The reply is still JSON, whatever the request held.
+        #expect((try? JSONSerialization.jsonObject(with: Data(reply))) != nil)
+        _ = try ControlClient.status(socket: path)
+    }
+
+    @Test func reloadTravelsOverTheSocket() throws {
+        let (server, path, _) = try serving(reload: { ReloadReport(outcome: .applied, changes: ["vm x: added"], source: "f") })
+        defer { server.stop() }
+        let report = try ControlClient.reload(socket: path)
+        #expect(report == ReloadReport(outcome: .applied, changes: ["vm x: added"], source: "f"))
+        #expect(report.text.contains("changed: vm x: added"))
+        let (other, otherPath, _) = try serving()
+        defer { other.stop() }
+        #expect(throws: ControlClient.Failure.self) { _ = try ControlClient.reload(socket: otherPath) }
+    }
 }
