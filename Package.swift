@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Pure arithmetic: observations in, settings out. No I/O, no clock.
@@ -81,12 +82,14 @@ let package = Package(
             dependencies: [
                 "SwapfairPolicy", "SwapfairCgroup", "SwapfairConfig", "SwapfairSys", "SwapfairIO", "SwapfairExport",
                 "SwapfairSystemd", "SwapfairUblk", "SwapfairTracking", "SwapfairQMP", "CSwapfairShim", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .executableTarget(
             name: "swapfaird",
             dependencies: [
-                "SwapfairDaemon", "SwapfairConfig",
+                "SwapfairDaemon", "SwapfairConfig", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -48,15 +48,17 @@ public final class Daemon: Sendable {
         return r
     }
 
-    /// Signals that must never end the process, ignored before anything else runs.
+    /// Signals that must never end the process, ignored before anything else runs. SIGHUP is
+    /// ignored only until the reload service traps it (`ReloadSignalService`).
     public static func ignoreStraySignals() {
-        for sig in [SIGPIPE, SIGUSR1, SIGUSR2] { signal(sig, SIG_IGN) }
+        for sig in [SIGPIPE, SIGUSR1, SIGUSR2, SIGHUP] { signal(sig, SIG_IGN) }
     }
 
-    /// SIGTERM/SIGINT stop the loop, SIGHUP reloads. Keep the returned sources alive.
+    /// SIGTERM/SIGINT stop the loop, from the start on (starting the devices can take a while, and
+    /// a stop asked for meanwhile must be heard). Keep the returned sources alive.
     public func handleSignals(logger: Logger, notifier: ServiceNotifier? = nil) -> [any DispatchSourceSignal] {
         Self.ignoreStraySignals()
-        var sources: [any DispatchSourceSignal] = [SIGTERM, SIGINT].map { sig in
+        let sources: [any DispatchSourceSignal] = [SIGTERM, SIGINT].map { sig in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { [self] in
@@ -66,14 +68,6 @@ public final class Daemon: Sendable {
             source.resume()
             return source
         }
-        signal(SIGHUP, SIG_IGN)
-        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        hup.setEventHandler { [self] in
-            logger.notice("reload asked for (SIGHUP)")
-            requestReload { _ in }
-        }
-        hup.resume()
-        sources.append(hup)
         return sources
     }
 

@@ -5,13 +5,15 @@ import SwapfairCgroup
 import SwapfairConfig
 import SwapfairDaemon
 import SwapfairPolicy
+import ServiceLifecycle
 import SwapfairSys
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-struct Swapfaird: ParsableCommand {
+@main
+struct Swapfaird: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swapfaird",
         abstract: "Divides a host's RAM and swap between VMs by weight, reservation and limit, "
@@ -41,7 +43,7 @@ struct Swapfaird: ParsableCommand {
     @Flag(name: .long, help: "Serve the VMs' swap devices only; no memory control (hosts without cgroup v2).")
     var swapOnly = false
 
-    func run() throws {
+    func run() async throws {
         // Before anything can write to a socket: a peer that leaves must never end the process.
         Daemon.ignoreStraySignals()
         let level = Logger.Level(rawValue: logLevel) ?? .info
@@ -80,7 +82,8 @@ struct Swapfaird: ParsableCommand {
         if swapOnly {
             let reloader = Reloader(explicitPath: config, facts: facts, current: configuration, devices: devices, logger: logger,
                                     health: health, overrides: overrides)
-            runSwapOnly(configuration, reloader: reloader, daemon: daemon, health: health, notifier: notifier, logger: logger)
+            try await runSwapOnly(configuration, reloader: reloader, daemon: daemon, health: health, notifier: notifier,
+                                  logger: logger)
             withExtendedLifetime(signals) {}
             return
         }
@@ -144,30 +147,46 @@ struct Swapfaird: ParsableCommand {
             logger.warning("WatchdogSec is shorter than two control intervals; the service may be restarted needlessly",
                            metadata: ["watchdog_s": "\(w)", "interval_s": "\(configuration.host.interval)"])
         }
-        daemon.run(loop, interval: configuration.host.interval, maxTicks: ticks, reload: {
-            let outcome = reloader.reload()
-            loop.reloads = reloader.count
-            loop.swapDevices = reloader.devices
-            loop.tracker = reloader.devices?.tracker
-            return outcome
-        }, notifier: notifier) { loop in
-            let summary = "\(loop.runningVMs.count) of \(loop.configuration.vms.count) VMs managed, "
-                + "budget \(Format.bytes(loop.planner.host.memoryBudget))" + Self.problems(health)
-            if loop.ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
-            notifier.watchdog()
+        let owned = HandedOver((loop: loop, reloader: reloader, monitor: monitor))
+        let maxTicks = ticks
+        let control = LoopService(daemon: daemon, loop: {
+            let (loop, reloader, _) = owned.value
+            daemon.run(loop, interval: loop.configuration.host.interval, maxTicks: maxTicks, reload: {
+                let outcome = reloader.reload()
+                loop.reloads = reloader.count
+                loop.swapDevices = reloader.devices
+                loop.tracker = reloader.devices?.tracker
+                return outcome
+            }, notifier: notifier) { loop in
+                let summary = "\(loop.runningVMs.count) of \(loop.configuration.vms.count) VMs managed, "
+                    + "budget \(Format.bytes(loop.planner.host.memoryBudget))" + Self.problems(health)
+                if loop.ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
+                notifier.watchdog()
+            }
+            notifier.stopping()
+        }, finish: {
+            owned.value.loop.finish()
+            owned.value.monitor?.stop()
+        })
+        try await runServices(control: control, server: server, daemon: daemon, logger: logger) {
+            owned.value.reloader.devices?.stop(logger: logger)
         }
-        // In order: no new control clients; balloons give their guests back their RAM (under one
-        // deadline); the swap devices stop accepting, answer what is in flight, and the engine stops.
-        notifier.stopping()
-        server?.stop()
-        loop.finish()
-        monitor?.stop()
-        reloader.devices?.stop(logger: logger)
         withExtendedLifetime(signals) {}
         logger.notice("stopped", metadata: ["ticks": "\(loop.ticks)"])
     }
 
-    /// The control socket, on a thread of its own; a daemon without one still runs, and says so.
+    /// Runs the daemon's parts until SIGTERM or SIGINT (or the loop's end), then stops them in
+    /// order: SIGHUP's reloads, the control socket, the loop, the swap devices.
+    func runServices(control: LoopService, server: ControlServer?, daemon: Daemon, logger: Logger,
+                     stopDevices: @escaping @Sendable () -> Void) async throws {
+        var services: [any Service] = [SwapDeviceService(stop: stopDevices), control]
+        if let server { services.append(ControlSocketService(server)) }
+        services.append(ReloadSignalService(daemon: daemon, logger: logger))
+        // Balloons and the devices' drain each get 5 s; the unit's TimeoutStopSec is 20 s.
+        try await ServiceGroup.daemon(services, deadline: 15, logger: logger).run()
+    }
+
+    /// The control socket; a daemon without one still runs, and says so.
     func controlServer(_ c: SwapfairConfiguration, board: StatusBoard, daemon: Daemon, health: Health,
                        logger: Logger) -> ControlServer? {
         var group: UInt32?
@@ -176,10 +195,8 @@ struct Swapfaird: ParsableCommand {
             if group == nil { logger.warning("socket_group \(name) does not exist; root only") }
         }
         do {
-            let server = try ControlServer(path: c.host.socket, board: board, allowedGroup: group, logger: logger,
-                                           reload: { daemon.reloadAndWait() }, health: health)
-            startThread(named: "control-socket", stackSize: 512 << 10) { server.serve() }
-            return server
+            return try ControlServer(path: c.host.socket, board: board, allowedGroup: group, logger: logger,
+                                     reload: { daemon.reloadAndWait() }, health: health)
         } catch {
             logger.error("control socket unavailable; running without it", metadata: ["error": "\(error)"])
             health.record("control socket", "unavailable: \(error)")
@@ -194,28 +211,34 @@ struct Swapfaird: ParsableCommand {
 
     /// Serves swap devices and the control socket, nothing else, until SIGTERM or SIGINT.
     func runSwapOnly(_ c: SwapfairConfiguration, reloader: Reloader, daemon: Daemon, health: Health,
-                     notifier: ServiceNotifier, logger: Logger) {
+                     notifier: ServiceNotifier, logger: Logger) async throws {
         guard let first = reloader.devices else { fail("--swap-only, but no VM has a swap_device and there is no host swap device") }
         logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(first.servers.count)"])
         let board = StatusBoard()
         let server = controlServer(c, board: board, daemon: daemon, health: health, logger: logger)
-        let started = monotonicSeconds()
-        var ticks: UInt64 = 0
-        daemon.run(interval: { reloader.current.host.interval }, maxTicks: self.ticks, reload: { reloader.reload() },
-                   notifier: notifier) {
-            ticks += 1
-            let devices = reloader.devices ?? first
-            board.publish(StatusReport.swapOnly(reloader.current, devices: devices, now: monotonicSeconds(), started: started,
-                                                ticks: ticks, reloads: reloader.count, problems: health.current))
-            let summary = "serving \(devices.servers.count) swap devices"
-                + (devices.hostSwap.map { " and host swap on \($0.blockDevicePath)" } ?? "") + Self.problems(health)
-            if ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
-            notifier.watchdog()
-            return ticks
+        let owned = HandedOver(reloader)
+        let maxTicks = ticks
+        let control = LoopService(daemon: daemon, loop: {
+            let reloader = owned.value
+            let started = monotonicSeconds()
+            var ticks: UInt64 = 0
+            daemon.run(interval: { reloader.current.host.interval }, maxTicks: maxTicks, reload: { reloader.reload() },
+                       notifier: notifier) {
+                ticks += 1
+                let devices = reloader.devices ?? first
+                board.publish(StatusReport.swapOnly(reloader.current, devices: devices, now: monotonicSeconds(), started: started,
+                                                    ticks: ticks, reloads: reloader.count, problems: health.current))
+                let summary = "serving \(devices.servers.count) swap devices"
+                    + (devices.hostSwap.map { " and host swap on \($0.blockDevicePath)" } ?? "") + Self.problems(health)
+                if ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
+                notifier.watchdog()
+                return ticks
+            }
+            notifier.stopping()
+        }, finish: {})
+        try await runServices(control: control, server: server, daemon: daemon, logger: logger) {
+            (owned.value.devices ?? first).stop(logger: logger)
         }
-        notifier.stopping()
-        server?.stop()
-        (reloader.devices ?? first).stop(logger: logger)
         logger.notice("stopped")
     }
 
@@ -225,4 +248,3 @@ struct Swapfaird: ParsableCommand {
     }
 }
 
-Swapfaird.main()
