@@ -190,7 +190,7 @@ public enum ControlClient {
 
     /// Asks the daemon to read its configuration again; waits for the outcome.
     public static func reload(socket path: String) throws(Failure) -> ReloadReport {
-        let data = try request("reload", socket: path, timeout: 120)
+        let data = try request("reload", socket: path, timeout: 75)
         do { return try ReloadReport.decode(data) } catch { throw .garbled("\(error)") }
     }
 

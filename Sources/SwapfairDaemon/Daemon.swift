@@ -35,7 +35,7 @@ public final class Daemon: Sendable {
     }
 
     /// Asks for a reload and waits for its outcome (the control socket's `reload`).
-    public func reloadAndWait(timeout: Double = 110) -> ReloadReport {
+    public func reloadAndWait(timeout: Double = 60) -> ReloadReport {
         let outcome = Mutex<ReloadReport?>(nil)
         let done = DispatchSemaphore(value: 0)
         requestReload { r in

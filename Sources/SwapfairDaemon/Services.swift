@@ -10,7 +10,7 @@ import UnixSignals
 /// its own, as serving swap must never wait for a shared pool; a service only starts and stops it.
 
 /// Runs `body` on a thread of its own and waits for it to end without holding a pool thread.
-func onThread(named name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) async {
+func onThread(named name: String, stackSize: Int = defaultThreadStack, _ body: @escaping @Sendable () -> Void) async {
     await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
         startThread(named: name, stackSize: stackSize) {
             body()

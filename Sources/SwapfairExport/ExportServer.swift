@@ -41,6 +41,10 @@ public final class ExportServer: Sendable {
     private let acceptDone = DispatchSemaphore(value: 0)
     /// Where a listener that stops for good is recorded.
     let health: Health?
+    /// Connections served at once: each holds two threads and buffers, and no client needs more
+    /// than one per queue (the kernel's client opens one per CPU at most).
+    public static let maxConnections = 64
+    private let lastRefusal = Mutex(-Double.infinity)
     /// Told of every write the guest sends (export name, byte offset, payload) before it is queued:
     /// the guest's swap-outs, for the double-paging tracker.
     let writeObserver: (@Sendable (String, UInt64, UnsafeRawBufferPointer) -> Void)?
@@ -79,7 +83,7 @@ public final class ExportServer: Sendable {
     }
 
     public func start() {
-        startThread(named: "nbd-\(name)") { [self] in acceptLoop() }
+        startThread(named: "nbd-\(name)", stackSize: 256 << 10) { [self] in acceptLoop() }
     }
 
     /// No new clients: the socket file goes and the accept loop ends; connections go on.
@@ -142,7 +146,23 @@ public final class ExportServer: Sendable {
                 return  // closing the socket is the whole answer: the spec has nothing better before the greeting
             }
             let c = Connection(server: self, socket: sock, peer: peer)
-            connections.withLock { $0[sock.fd.rawValue] = c }
+            let admitted = connections.withLock { open in
+                guard open.count < Self.maxConnections else { return false }
+                open[sock.fd.rawValue] = c
+                return true
+            }
+            guard admitted else {
+                let now = monotonicSeconds()
+                let warn = lastRefusal.withLock { last in
+                    defer { if now - last >= 10 { last = now } }
+                    return now - last >= 10
+                }
+                if warn {
+                    logger.warning("NBD: \(Self.maxConnections) connections already; refusing more for now",
+                                   metadata: ["vm": "\(name)", "pid": "\(peer.pid)"])
+                }
+                return
+            }
             c.start()
         }
         acceptDone.signal()
@@ -185,6 +205,8 @@ final class Connection: @unchecked Sendable {
     private let outbox = Mutex(Outbox())
     private let ready = DispatchSemaphore(value: 0)
     private let writerDone = DispatchSemaphore(value: 0)
+    /// Each of a connection's two threads' stack.
+    static let stackSize = 512 << 10
     /// Requests of this connection in the engine at most (see `handle`).
     static let windowSize = 128
     private let window = DispatchSemaphore(value: Connection.windowSize)
@@ -207,13 +229,13 @@ final class Connection: @unchecked Sendable {
     }
 
     func start() {
-        startThread(named: "nbd-read") { [self] in
+        startThread(named: "nbd-read", stackSize: Connection.stackSize) { [self] in
             readLoop()
             close()
             writerDone.wait()
             server.finished(self)
         }
-        startThread(named: "nbd-write") { [self] in
+        startThread(named: "nbd-write", stackSize: Connection.stackSize) { [self] in
             writeLoop()
             writerDone.signal()
         }

@@ -113,4 +113,34 @@ final class FakeQEMU: @unchecked Sendable {
         let reply = String(decoding: try raw.read(until: 0x0A, limit: 4096), as: UTF8.self)
         #expect(reply.contains("GenericError"))
     }
+
+    /// A peer that closes at each point of the exchange: every time an error naming what
+    /// happened, never a signal (a write to a closed socket is EPIPE, not SIGPIPE's death).
+    @Test(arguments: ["before the greeting", "after the greeting", "after reading a command", "mid-answer"])
+    func aPeerThatClosesMidExchangeIsAnError(_ when: String) throws {
+        let path = "/tmp/swapfair-qmp-\(UUID().uuidString.prefix(8)).sock"
+        let listener = try UnixSocket.listen(at: path)
+        defer { unlink(path) }
+        let done = DispatchSemaphore(value: 0)
+        startThread(named: "test-qmp-peer") {
+            defer { done.signal() }
+            guard let c = try? listener.accept() else { return }
+            if when == "before the greeting" { return }
+            try? c.writeAll(Array(#"{"QMP": {"version": {}, "capabilities": []}}"#.utf8) + [0x0A])
+            if when == "after the greeting" { return }
+            _ = try? c.read(until: 0x0A, limit: 4096)
+            try? c.writeAll(Array(#"{"return": {}}"#.utf8) + [0x0A])
+            _ = try? c.read(until: 0x0A, limit: 4096)
+            if when == "mid-answer" { try? c.writeAll(Array(#"{"return": {"act"#.utf8)) }
+        }
+        do {
+            let client = try QMPClient(path: path, timeoutSeconds: 5)
+            // The peer goes at its point; the commands after it meet a closed socket.
+            for _ in 0..<3 { _ = try client.balloonActual() }
+            Issue.record("a closed peer answered")
+        } catch {
+            #expect("\(error)".contains("QMP"), "\(error)")
+        }
+        #expect(done.wait(timeout: .now() + 10) == .success)
+    }
 }

@@ -13,7 +13,7 @@ failed=0
 for u in Units/*.service Units/*.slice; do
     name=$(basename "$u")
     [ "${name%@.service}" != "$name" ] && name="${name%@.service}@check.service"
-    sed -e "s#/usr/local/bin/swapfaird#$bin/swapfaird#g" -e "s#/usr/bin/qemu-system-x86_64#$qemu#g" "$u" > "$work/$name"
+    sed -e "s#/usr/local/bin/swapfair#$bin/swapfair#g" -e "s#/usr/bin/qemu-system-x86_64#$qemu#g" "$u" > "$work/$name"
 done
 for f in "$work"/*; do
     out=$(cd "$work" && systemd-analyze verify --man=no "$(basename "$f")" 2>&1 | grep -v "^$")
