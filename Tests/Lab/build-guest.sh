@@ -84,8 +84,9 @@ fi
 mkdir -p "$LAB_DIR/apt/lists/partial" "$LAB_DIR/apt/cache/archives/partial" "$LAB_DIR/debs"
 archive=${LAB_ARCHIVE:-}
 if [ -z "$archive" ]; then   # the mirror this machine already uses (deb822 or one-line format)
+    # (|| true: with no *.sources file cat fails, and pipefail would end the script here)
     archive=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-              awk '$1=="URIs:" && $2 !~ /security/ {print $2; exit}')
+              awk '$1=="URIs:" && $2 !~ /security/ {print $2; exit}' || true)
 fi
 if [ -z "$archive" ]; then
     archive=$(awk '$1=="deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
