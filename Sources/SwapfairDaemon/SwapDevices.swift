@@ -600,7 +600,11 @@ extension SwapDevices {
 /// process that serves swap must not need free memory, or wait for reclaim, to make progress.
 public enum SwapServerProtection {
     public static func apply(logger: Logger) {
-        if mlockall(Int32(MCL_CURRENT | MCL_FUTURE)) != 0 {
+        // Freed heap pages stay resident under mlockall: see the shim for how malloc is kept lean.
+        _ = swapfair_malloc_for_locked_memory()
+        if mlockall(Int32(MCL_CURRENT | MCL_FUTURE)) == 0 {
+            ThreadStacks.locked.store(true, ordering: .relaxed)
+        } else {
             logger.warning("mlockall failed: the daemon's memory may be swapped, which can deadlock swap it serves",
                            metadata: ["error": "\(Errno(rawValue: errno).message)"])
         }
