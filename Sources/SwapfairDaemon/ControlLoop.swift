@@ -65,7 +65,7 @@ public final class ControlLoop {
     /// Tells which groups' `cgroup.events` changed, so "populated" is read only then (and every
     /// `populatedRecheck` ticks, in case an event was missed). Nil when inotify is unavailable:
     /// then it is read every tick.
-    let populatedWatcher = try? Inotify()
+    let populatedWatcher: Inotify?
     var watchOwner: [Int32: Int] = [:]
     let populatedRecheck: UInt64 = 16
     /// Changes smaller than this (or than 1% of the value) are not written: they would change
@@ -89,6 +89,10 @@ public final class ControlLoop {
         self.locator = VMLocator(root: root, slice: configuration.host.slice, proc: proc, backend: writer.backend)
         self.writer = writer
         self.logger = logger
+        do { populatedWatcher = try Inotify() } catch {
+            populatedWatcher = nil
+            logger.notice("inotify unavailable: each VM's cgroup.events is read every tick", metadata: ["error": "\(error)"])
+        }
         self.board = board
         self.startTime = now
         var shifting = ReclaimShift.Parameters()
@@ -366,6 +370,7 @@ public final class ControlLoop {
     func watchPopulated(_ i: Int) {
         unwatchPopulated(i)
         vms[i].populatedStale = true
+        // Without a watch the group's cgroup.events is read every tick instead (`readGroups`).
         guard let w = populatedWatcher, let g = vms[i].group,
               let wd = try? w.watchModifications(g.path + "/" + StatFile.events.name) else { return }
         vms[i].eventsWatch = wd
@@ -389,6 +394,8 @@ public final class ControlLoop {
         for wd in fired { if let i = watchOwner[wd] { vms[i].populatedStale = true } }
     }
 
+    /// The limits a group holds. One that cannot be read is left out: unknown, it is written anew
+    /// with the first plan rather than taken for a value.
     func readKnobs(_ g: Cgroup) -> [Knob: LimitValue] {
         var found: [Knob: LimitValue] = [:]
         for knob in [Knob.memoryLow, .memoryHigh, .memoryMax, .memorySwapMax] {

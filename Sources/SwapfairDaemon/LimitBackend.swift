@@ -120,6 +120,8 @@ public struct SystemdBackend: LimitBackend {
         // systemd writes memory.high itself, and the kernel reclaims down to the new value inside
         // that write: PID 1 would be stuck for as long as that takes. Reclaiming first, from this
         // thread (memory.reclaim is an action, not a setting systemd owns), leaves it little to do.
+        // It only saves systemd work: where it fails (no memory.reclaim before 5.19, EAGAIN when
+        // short) systemd's write reclaims the rest, as it would without it.
         for c in changes where c.knob == .memoryHigh || c.knob == .memoryMax {
             if let target = c.value.bytes,
                let current = try? group.read("memory.current").split(separator: "\n").first.flatMap({ UInt64($0) }),

@@ -34,10 +34,31 @@ struct Status: ParsableCommand {
     @Flag(name: .long, help: "Print the report as JSON.")
     var json = false
 
+    @Flag(name: .long, help: "Show the table again every second, like top (Ctrl-C ends it).")
+    var watch = false
+
     func run() throws {
-        let report: StatusReport
-        do { report = try ControlClient.status(socket: socket) } catch { fail(error.description) }
-        print(json ? report.json() : StatusTable.render(report), terminator: json ? "\n" : "")
+        guard watch else {
+            let report: StatusReport
+            do { report = try ControlClient.status(socket: socket) } catch { fail(error.description) }
+            print(json ? report.json() : StatusTable.render(report), terminator: json ? "\n" : "")
+            return
+        }
+        // The screen is cleared once; then each frame goes over the last (home, and clear the rest
+        // of each line and of the screen), so the table does not flicker.
+        print("\u{1B}[2J", terminator: "")
+        while true {
+            let frame: String
+            do {
+                let report = try ControlClient.status(socket: socket)
+                frame = json ? report.json() + "\n" : StatusTable.render(report)
+            } catch {
+                frame = "swapfairctl: \(error.description); trying again every second\n"
+            }
+            print("\u{1B}[H" + frame.replacingOccurrences(of: "\n", with: "\u{1B}[K\n") + "\u{1B}[J", terminator: "")
+            fflush(nil)  // every stream: stdout itself is not safe to name under strict concurrency
+            usleep(1_000_000)
+        }
     }
 }
 

@@ -256,6 +256,19 @@ class Daemon:
     def thread_count(self):
         return len(os.listdir(f"/proc/{self.pid}/task"))
 
+    def mappings_kib(self):
+        """Resident KiB by mapping (address range and name), from /proc/PID/smaps."""
+        out, key = {}, None
+        with open(f"/proc/{self.pid}/smaps") as f:
+            for line in f:
+                first = line.split(" ", 1)[0]
+                if "-" in first and ":" not in first:
+                    parts = line.split()
+                    key = f"{parts[0]} {parts[5] if len(parts) > 5 else '[anon]'}"
+                elif line.startswith("Rss:") and key:
+                    out[key] = int(line.split()[1])
+        return out
+
     def rss_kib(self):
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:

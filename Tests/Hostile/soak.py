@@ -331,14 +331,21 @@ def main():
     try:
         d.start()
         # The baseline is taken once start-up has settled, each export has served one real client
-        # and one reload has run, so that what a first use sets up for good (the runtime's type
-        # metadata, the encoders) is not counted as a leak.
+        # and a VM has been added (and served) and removed by reloads, so that what a first use
+        # sets up for good (the runtime's type metadata, the encoders, the allocator's arenas) is
+        # not counted as a leak.
         d.good_client("A")
         d.good_client("B")
+        d.write_config(h.config_text(d.work, BASE_VMS + ["C"]))
+        d.ctl_run("reload")
+        if wait_until(5, lambda: d.status_vms().get("C")):
+            d.good_client("C")
+        d.write_config(h.config_text(d.work, BASE_VMS))
         d.ctl_run("reload")
         d.ctl_run("status", "--json")
         time.sleep(3)
         base = figures(d)
+        base_maps = d.mappings_kib()
         h.log(f"soak: daemon pid {d.pid}; baseline fds {base[0]}, threads {base[1]}, RSS {base[2] / 1024:.1f} MiB")
 
         started = time.monotonic()
@@ -409,9 +416,14 @@ def main():
                 break
             time.sleep(0.5)
         time.sleep(2)
+        grown = []
         if d.alive():
             end = figures(d)
             status = h.quietly(d.status) or {}
+            # Where resident memory grew, mapping by mapping: where to look if RSS did not come back.
+            end_maps = d.mappings_kib()
+            grown = sorted(((end_maps.get(k, 0) - base_maps.get(k, 0), k) for k in set(end_maps) | set(base_maps)),
+                           reverse=True)[:4]
         else:
             status = {}
         c = tally.counts
@@ -421,7 +433,8 @@ def main():
         h.log(f"  fds               start {base[0]}, peak {peak[0]}, end {end[0]} (allowed {base[0] + FD_SLACK})")
         h.log(f"  threads           start {base[1]}, peak {peak[1]}, end {end[1]} (allowed {base[1] + THREAD_SLACK})")
         h.log(f"  RSS               start {base[2] / 1024:.1f} MiB, peak {peak[2] / 1024:.1f} MiB, "
-              f"end {end[2] / 1024:.1f} MiB (allowed {(base[2] + RSS_SLACK_KIB) / 1024:.1f} MiB)")
+              f"end {end[2] / 1024:.1f} MiB (allowed {(base[2] + RSS_SLACK_KIB) / 1024:.1f} MiB); grew most: "
+              + ", ".join(f"{k} {kib:+d} KiB" for kib, k in grown))
         h.log(f"  reloads           {c['reloads applied']} applied, {c['reloads refused']} refused as expected "
               f"({c['reloads by SIGHUP']} by SIGHUP, {c['reloads by swapfairctl']} by swapfairctl); "
               f"daemon.reloads = {status.get('daemon', {}).get('reloads', 'absent')}")
