@@ -68,39 +68,9 @@ int64_t swapfair_process_madvise(int pidfd, const uint64_t *ranges, int count, i
 }
 
 #include <malloc.h>
-#include <pthread.h>
-#include <sys/mman.h>
-
-int swapfair_unlock_own_stack(void) {
-    pthread_attr_t attr;
-    void *base;
-    size_t size;
-    if (pthread_getattr_np(pthread_self(), &attr) != 0) return -1;
-    int rc = pthread_attr_getstack(&attr, &base, &size);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) return -1;
-    if (munlock(base, size) != 0) return -1;
-    // The stack grows down from base + size: everything more than 64 KiB below this frame is
-    // unused from here to the thread's end, and its pages go back now.
-    char here;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t low = (uintptr_t)base, high = ((uintptr_t)&here - (64 << 10)) & ~(page - 1);
-    if (high > low) return madvise(base, high - low, MADV_DONTNEED);
-    return 0;
-}
 
 int swapfair_malloc_for_locked_memory(void) {
     if (mallopt(M_ARENA_MAX, 2) != 1) return -1;
     return mallopt(M_MMAP_THRESHOLD, 128 << 10) == 1 ? 0 : -1;
 }
 
-int swapfair_lock_own_stack(void) {
-    pthread_attr_t attr;
-    void *base;
-    size_t size;
-    if (pthread_getattr_np(pthread_self(), &attr) != 0) return -1;
-    int rc = pthread_attr_getstack(&attr, &base, &size);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) return -1;
-    return mlock(base, size);
-}

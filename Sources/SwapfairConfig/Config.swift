@@ -144,6 +144,9 @@ public struct HostConfig: Sendable, Equatable {
     /// Swap-in prefetch: the most of a VM's swapped memory read back ahead of its faults per
     /// second, when it stalls below its limit (a VM waking to a working set in swap); 0 for none.
     public var swapPrefetch: UInt64 = 64 << 20
+    /// Where the metrics are written each tick, whole, in Prometheus's text format (for
+    /// node_exporter's textfile collector: a `.prom` file in its directory); nil for nowhere.
+    public var metricsTextfile: String?
 
     public init() {}
 }

@@ -58,6 +58,7 @@ public struct ConfigChange: Sendable, Equatable {
             HostKey("activity_fast", \.activityFast, live: true),
             HostKey("reclaim_shift_max", \.reclaimShiftMax, live: true),
             HostKey("swap_prefetch", \.swapPrefetch, live: true),
+            HostKey("metrics_textfile", \.metricsTextfile, live: true),
             HostKey("cgroup_root", \.cgroupRoot, live: false),
             HostKey("slice", \.slice, live: false),
             HostKey("socket", \.socket, live: false),
@@ -158,6 +159,17 @@ public struct ConfigChange: Sendable, Equatable {
         removed.removeAll { $0 == vm.name }
         refused.append("vm \(vm.name): cannot be removed while the daemon runs (\(why)); it stays")
         effective.vms.append(vm)
+    }
+
+    /// Takes back a change of a VM in force that cannot be done live (`key`, as `changed` names
+    /// it), with `why` among the refusals; `keep` sets the VM's old value in `effective`.
+    public mutating func refuse(vm: String, key: String, because why: String, keep: (inout VMConfig) -> Void) {
+        if let i = changed.firstIndex(where: { $0.vm == vm }) {
+            changed[i].keys.removeAll { $0 == key }
+            if changed[i].keys.isEmpty { changed.remove(at: i) }
+        }
+        if let i = effective.vms.firstIndex(where: { $0.name == vm }) { keep(&effective.vms[i]) }
+        refused.append("vm \(vm): \(why)")
     }
 
     /// Withdraws a VM the new file adds (an addition that cannot be done live).

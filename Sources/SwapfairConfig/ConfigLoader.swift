@@ -10,7 +10,7 @@ public enum ConfigLoader {
                            "minimum_size", "swap_headroom", "cgroup_root", "slice", "socket", "socket_group", "activity",
                             "activity_period", "activity_slow", "activity_fast", "state_dir", "backend",
                             "nbd_dir", "swap_queue_depth", "host_swap_size", "host_swap_device", "write_elision", "elision_spare",
-                            "shared_map_dir", "reclaim_shift_max", "double_paging_window", "swap_prefetch"]
+                            "shared_map_dir", "reclaim_shift_max", "double_paging_window", "swap_prefetch", "metrics_textfile"]
     static let vmKeys = ["name", "weight", "reservation", "limit", "swap_weight", "swap_limit", "io_weight",
                          "cgroup", "pidfile", "unit", "swap_device", "balloon_qmp", "guest_memory"]
     static let swapDeviceKeys = ["size", "weight", "reservation", "limit", "users", "groups", "ublk"]
@@ -141,6 +141,11 @@ struct Validator {
             case "shared_map_dir":
                 if let s = string(e, key) {
                     if !s.hasPrefix("/") { problem(e.line, key, "must be an absolute path") } else { h.sharedMapDir = s }
+                }
+            case "metrics_textfile":
+                if let s = string(e, key) {
+                    if !s.hasPrefix("/") || s.hasSuffix("/") { problem(e.line, key, "must be an absolute path to a file") }
+                    else { h.metricsTextfile = s }
                 }
             case "reclaim_shift_max":
                 if let s = size(e, key) {

@@ -142,18 +142,14 @@ public final class ControlLoop {
         shifter = ReclaimShift(shifting)
         if prefetcher == nil && c.host.swapPrefetch > 0 { prefetcher = SwapPrefetcher(proc: proc, logger: logger) }
         let removed = Set(change.removed)
-        for i in vms.indices where removed.contains(vms[i].config.name) {
-            letGo(i, reason: "removed from the configuration")
-        }
+        for t in vms where removed.contains(t.config.name) { letGo(t, reason: "removed from the configuration") }
         let kept = Dictionary(vms.filter { !removed.contains($0.config.name) }.map { ($0.config.name, $0) },
                               uniquingKeysWith: { a, _ in a })
         var next: [TrackedVM] = []
         for vm in c.vms {
             if var t = kept[vm.name] {
                 if t.config.location != vm.location {
-                    vms.append(t)
-                    letGo(vms.count - 1, reason: "found elsewhere now (\(vm.location))")
-                    vms.removeLast()
+                    letGo(t, reason: "found elsewhere now (\(vm.location))")
                     t = track(vm, now: now)
                 } else {
                     t.config = vm
@@ -173,9 +169,9 @@ public final class ControlLoop {
     /// limit (`memory.high` max), no protection (`memory.low` 0), no swap cap (`memory.swap.max`
     /// max), so that a VM nobody manages is not throttled by a figure nobody updates. Its
     /// `memory.max` (the configured hard limit) stays. A balloon that took memory gives it back.
-    func letGo(_ i: Int, reason: String) {
-        let name = vms[i].config.name
-        if let b = vms[i].balloon, (vms[i].shift?.shift ?? 0) > 0 {
+    func letGo(_ t: TrackedVM, reason: String) {
+        let name = t.config.name
+        if let b = t.balloon, (t.shift?.shift ?? 0) > 0 {
             if b.deflate(timeout: 5) {
                 logger.notice("reclaim shift undone: the balloon gives the guest all its RAM back", metadata: ["vm": "\(name)"])
             } else {
@@ -184,7 +180,7 @@ public final class ControlLoop {
             }
             ShiftRecord.remove(stateDir: configuration.host.stateDir, vm: name)
         }
-        if let g = vms[i].group {
+        if let g = t.group {
             let release: [KnobChange] = [KnobChange(.memoryHigh, .max), KnobChange(.memoryLow, .bytes(0)),
                                          KnobChange(.memorySwapMax, .max)]
             // A slow write still running would make this one be skipped: it goes first.
@@ -202,8 +198,11 @@ public final class ControlLoop {
                 logger.error("VM let go, but its limits could not be lifted", metadata: [
                     "vm": "\(name)", "cgroup": "\(g)", "reason": "\(reason)", "error": "\(error)"])
             }
-            unwatchPopulated(i)
-            vms[i].files?.close()
+            if let wd = t.eventsWatch {
+                populatedWatcher?.unwatch(wd)
+                watchOwner[wd] = nil
+            }
+            t.files?.close()
         } else {
             logger.notice("VM let go", metadata: ["vm": "\(name)", "reason": "\(reason)"])
         }

@@ -13,8 +13,8 @@ import Glibc
 /// that connects and says nothing (or sends slowly) delays no other.
 /// Only root (and the configured group, if any) may connect; the peer is checked with SO_PEERCRED.
 ///
-/// Requests: `status` → the status report; `reload` (root only) → the outcome of reading the
-/// configuration again (`ReloadReport`).
+/// Requests: `status` → the status report; `metrics` → the metrics in Prometheus's text format;
+/// `reload` (root only) → the outcome of reading the configuration again (`ReloadReport`).
 public final class ControlServer: Sendable {
     public let path: String
     let socket: UnixSocket
@@ -22,6 +22,7 @@ public final class ControlServer: Sendable {
     let allowedGroup: UInt32?
     let logger: Logger
     let reload: (@Sendable () -> ReloadReport)?
+    let metrics: MetricsExporter?
     let health: Health?
     private let active = Mutex(0)
     private let stopped = Mutex(false)
@@ -33,7 +34,8 @@ public final class ControlServer: Sendable {
     static let requestLimit = 256
 
     public init(path: String, board: StatusBoard, allowedGroup: UInt32?, logger: Logger,
-                reload: (@Sendable () -> ReloadReport)? = nil, health: Health? = nil) throws(SysError) {
+                reload: (@Sendable () -> ReloadReport)? = nil, metrics: MetricsExporter? = nil,
+                health: Health? = nil) throws(SysError) {
         let dir = "/" + path.split(separator: "/").dropLast().joined(separator: "/")
         try FileAccess.makeDirectories(dir, mode: 0o755)
         self.path = path
@@ -45,6 +47,7 @@ public final class ControlServer: Sendable {
         self.allowedGroup = allowedGroup
         self.logger = logger
         self.reload = reload
+        self.metrics = metrics
         self.health = health
     }
 
@@ -138,6 +141,10 @@ public final class ControlServer: Sendable {
         switch command {
         case "status":
             answer(client, board.current?.json() ?? "{\"error\": \"no status yet: the first tick has not finished\"}")
+        case "metrics":
+            // Prometheus's text format, not JSON: what `swapfairctl metrics` prints as it is.
+            if let metrics { answer(client, metrics.text(), newline: false) }
+            else { answer(client, "{\"error\": \"this daemon keeps no metrics\"}") }
         case "reload" where reload == nil:
             answer(client, "{\"error\": \"this daemon cannot reload\"}")
         case "reload" where !privileged:
@@ -147,15 +154,15 @@ public final class ControlServer: Sendable {
             answer(client, reload?().json() ?? "{}")
         default:
             let shown = String(command.prefix(40).unicodeScalars.filter { $0.value >= 0x20 && $0 != "\"" && $0 != "\\" })
-            answer(client, "{\"error\": \"unknown request \\\"\(shown)\\\"; known: status, reload\"}")
+            answer(client, "{\"error\": \"unknown request \\\"\(shown)\\\"; known: status, metrics, reload\"}")
         }
     }
 
     /// One reply; a client that has gone is no error of the daemon's. Whatever the client still
     /// sends is read and dropped for a moment, so that closing does not reset the connection
     /// under the answer.
-    func answer(_ client: UnixSocket, _ json: String) {
-        do { try client.writeAll(Array((json + "\n").utf8)) } catch {
+    func answer(_ client: UnixSocket, _ json: String, newline: Bool = true) {
+        do { try client.writeAll(Array((newline ? json + "\n" : json).utf8)) } catch {
             logger.debug("control socket: a client left before its answer", metadata: ["error": "\(error)"])
             return
         }
@@ -186,6 +193,11 @@ public enum ControlClient {
     public static func status(socket path: String) throws(Failure) -> StatusReport {
         let data = try request("status", socket: path, timeout: 5)
         do { return try StatusReport.decode(data) } catch { throw .garbled("\(error)") }
+    }
+
+    /// The daemon's metrics, in Prometheus's text format.
+    public static func metrics(socket path: String) throws(Failure) -> String {
+        String(decoding: try request("metrics", socket: path, timeout: 5), as: UTF8.self)
     }
 
     /// Asks the daemon to read its configuration again; waits for the outcome.

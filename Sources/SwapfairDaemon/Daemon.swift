@@ -16,6 +16,8 @@ import Glibc
 /// SIGUSR2. Stopping leaves every setting as it is; a restart resumes from them.
 public final class Daemon: Sendable {
     let stopFlag = Mutex<Bool>(false)
+    /// Set once the service group hears SIGTERM and SIGINT itself.
+    let signalsHandedOver = Mutex<Bool>(false)
     let wake = DispatchSemaphore(value: 0)
     private let reloads = Mutex<[@Sendable (ReloadReport) -> Void]>([])
 
@@ -63,13 +65,19 @@ public final class Daemon: Sendable {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { [self] in
                 logger.notice("stopping on signal \(sig == SIGTERM ? "SIGTERM" : "SIGINT"); settings are left as they are")
-                requestStop()
+                // Once the service group has the signals it shuts the parts down in its order;
+                // stopping the loop here too would end a part out of turn.
+                if !signalsHandedOver.withLock({ $0 }) { requestStop() }
             }
             source.resume()
             return source
         }
         return sources
     }
+
+    /// From now on SIGTERM and SIGINT are the service group's to act on (it is running and has
+    /// installed its own handlers); a stop asked for before is kept.
+    public func handOverSignals() { signalsHandedOver.withLock { $0 = true } }
 
     /// Sleeps up to `seconds`, returning early when a stop is requested.
     public func sleep(_ seconds: Double) {

@@ -22,11 +22,10 @@ public struct LineLogHandler: LogHandler {
     public func log(event: LogEvent) {
         var fields = metadata
         if let extra = event.metadata { fields.merge(extra) { $1 } }
-        let tail = fields.sorted { $0.key < $1.key }.map { key, value in
-            let v = "\(value)"
-            return v.contains(" ") || v.isEmpty ? "\(key)=\"\(v)\"" : "\(key)=\(v)"
-        }.joined(separator: " ")
-        let text = tail.isEmpty ? "\(event.message)" : "\(event.message) \(tail)"
+        let tail = fields.sorted { $0.key < $1.key }.map { key, value in "\(key)=\(Self.value("\(value)"))" }
+            .joined(separator: " ")
+        let message = Self.oneLine("\(event.message)")
+        let text = tail.isEmpty ? message : "\(message) \(tail)"
         let line: String
         if journal {
             line = "<\(Self.priority(event.level))>\(text)\n"
@@ -35,6 +34,35 @@ public struct LineLogHandler: LogHandler {
             line = "\(Self.timestamp()) \(level)\(text)\n"
         }
         FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    /// A field's value as `key=value` wants it: bare when it is one plain word, else quoted with
+    /// `\"`, `\\` and control characters escaped, so that a value (an error naming a file's bad
+    /// line, say) can never end the line or fake another field.
+    static func value(_ v: String) -> String {
+        let plain = !v.isEmpty && v.unicodeScalars.allSatisfy { $0.value > 0x20 && $0 != "\"" && $0 != "\\" && $0 != "=" && $0.value != 0x7f }
+        return plain ? v : "\"" + escaped(v, quote: true) + "\""
+    }
+
+    /// A message on one line: line breaks and other control characters escaped.
+    static func oneLine(_ m: String) -> String {
+        m.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7f } ? escaped(m, quote: false) : m
+    }
+
+    static func escaped(_ v: String, quote: Bool) -> String {
+        var out = ""
+        for c in v.unicodeScalars {
+            switch c {
+            case "\"" where quote: out += "\\\""
+            case "\\" where quote: out += "\\\\"
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            case _ where c.value < 0x20 || c.value == 0x7f: out += String(format: "\\x%02x", c.value)
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out
     }
 
     static func priority(_ level: Logger.Level) -> Int {

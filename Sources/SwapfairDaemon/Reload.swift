@@ -163,13 +163,10 @@ public final class Reloader {
                     refuseNewDevice(vm, &change, "\(error)")
                 }
             case (let a?, nil):
-                if a.ublk, let was {
-                    // Keep the device: restore the old swap_device on the VM that stays.
-                    if let i = change.effective.vms.firstIndex(where: { $0.name == vm.name }) {
-                        change.effective.vms[i].swapDevice = was.swapDevice
-                        change.refused.append("vm \(vm.name): swap_device cannot be removed while the daemon runs "
-                            + "(it is a ublk block device, whose openers cannot be told to go); it stays")
-                    }
+                if a.ublk {
+                    change.refuse(vm: vm.name, key: "swap_device (removed)",
+                                  because: "swap_device cannot be removed while the daemon runs (it is a ublk block device, "
+                                      + "whose openers cannot be told to go); it stays") { $0.swapDevice = a }
                 } else {
                     devices?.retire(vm: vm.name)
                 }
@@ -186,9 +183,9 @@ public final class Reloader {
     func refuseNewDevice(_ vm: VMConfig, _ change: inout ConfigChange, _ why: String) {
         if change.added.contains(vm.name) {
             change.withdraw(vm.name, because: "its swap device: \(why)")
-        } else if let i = change.effective.vms.firstIndex(where: { $0.name == vm.name }) {
-            change.effective.vms[i].swapDevice = nil
-            change.refused.append("vm \(vm.name): swap_device cannot be added while the daemon runs (\(why))")
+        } else {
+            change.refuse(vm: vm.name, key: "swap_device (added)",
+                          because: "swap_device cannot be added while the daemon runs (\(why))") { $0.swapDevice = nil }
         }
     }
 }

@@ -41,6 +41,8 @@ public struct LoopService: Service, CustomStringConvertible {
     }
 
     public func run() async {
+        // The group runs and hears SIGTERM and SIGINT itself now.
+        daemon.handOverSignals()
         await withGracefulShutdownHandler {
             await onThread(named: "control-loop", stackSize: 1 << 20) { loop() }
         } onGracefulShutdown: {

@@ -602,9 +602,7 @@ public enum SwapServerProtection {
     public static func apply(logger: Logger) {
         // Freed heap pages stay resident under mlockall: see the shim for how malloc is kept lean.
         _ = swapfair_malloc_for_locked_memory()
-        if mlockall(Int32(MCL_CURRENT | MCL_FUTURE)) == 0 {
-            ThreadStacks.locked.store(true, ordering: .relaxed)
-        } else {
+        if mlockall(Int32(MCL_CURRENT | MCL_FUTURE)) != 0 {
             logger.warning("mlockall failed: the daemon's memory may be swapped, which can deadlock swap it serves",
                            metadata: ["error": "\(Errno(rawValue: errno).message)"])
         }

@@ -1,6 +1,5 @@
 import CSwapfairShim
 import Foundation
-import Synchronization
 
 /// Starts a thread under a name the kernel shows (`top -H`, `ps -L`, `/proc/PID/task/TID/comm`),
 /// so that an operator can tell the engine from the NBD readers. Foundation's `Thread.name` names
@@ -11,13 +10,7 @@ import Synchronization
 public func startThread(named name: String, stackSize: Int = defaultThreadStack, _ body: @escaping @Sendable () -> Void) {
     let thread = Thread {
         nameCurrentThread(name)
-        let locked = ThreadStacks.locked.load(ordering: .relaxed)
-        // A serving thread's stack must stay resident (it may be what swap-in waits for); a stack
-        // reused from the C library's cache lost its lock when its last thread ended.
-        if locked { _ = swapfair_lock_own_stack() }
         body()
-        // Under mlockall the C library cannot give a cached stack's pages back: unlocked, it can.
-        if locked { _ = swapfair_unlock_own_stack() }
     }
     thread.name = name
     thread.stackSize = stackSize
@@ -28,11 +21,6 @@ public func startThread(named name: String, stackSize: Int = defaultThreadStack,
 /// a help to the operator, so a failure to set one is ignored.
 public func nameCurrentThread(_ name: String) {
     _ = swapfair_set_thread_name(name)
-}
-
-/// Whether threads lock their stacks (set once the process has locked its memory).
-public enum ThreadStacks {
-    public static let locked = Atomic<Bool>(false)
 }
 
 /// The stack of a thread started with `startThread` unless it says otherwise.

@@ -12,7 +12,7 @@ struct SwapfairCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swapfairctl",
         abstract: "Inspect and check swapfair.",
-        subcommands: [Status.self, Reload.self, CheckConfig.self, Plan.self, Simulate.self, Balloon.self])
+        subcommands: [Status.self, Metrics.self, Reload.self, CheckConfig.self, Plan.self, Simulate.self, Balloon.self])
 }
 
 /// Prints a message and exits with status 1.
@@ -59,6 +59,18 @@ struct Status: ParsableCommand {
             fflush(nil)  // every stream: stdout itself is not safe to name under strict concurrency
             usleep(1_000_000)
         }
+    }
+}
+
+struct Metrics: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the running daemon's metrics in Prometheus's text format.")
+
+    @Option(name: .long, help: "Control socket of the running daemon.")
+    var socket: String = HostConfig().socket
+
+    func run() throws {
+        do { print(try ControlClient.metrics(socket: socket), terminator: "") } catch { fail(error.description) }
     }
 }
 

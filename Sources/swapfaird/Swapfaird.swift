@@ -44,6 +44,7 @@ struct Swapfaird: AsyncParsableCommand {
     var swapOnly = false
 
     func run() async throws {
+        Self.runWithoutStackCache()
         // Before anything can write to a socket: a peer that leaves must never end the process.
         Daemon.ignoreStraySignals()
         let level = Logger.Level(rawValue: logLevel) ?? .info
@@ -83,8 +84,7 @@ struct Swapfaird: AsyncParsableCommand {
             let reloader = Reloader(explicitPath: config, facts: facts, current: configuration, devices: devices, logger: logger,
                                     health: health, overrides: overrides)
             try await runSwapOnly(configuration, reloader: reloader, daemon: daemon, health: health, notifier: notifier,
-                                  logger: logger)
-            withExtendedLifetime(signals) {}
+                                  startupSignals: signals, logger: logger)
             return
         }
 
@@ -140,7 +140,9 @@ struct Swapfaird: AsyncParsableCommand {
             loop.reconfigure(change, now: monotonicSeconds())
         })
 
-        let server = controlServer(configuration, board: board, daemon: daemon, health: health, logger: logger)
+        let metrics = MetricsExporter()
+        let server = controlServer(configuration, board: board, daemon: daemon, health: health, metrics: metrics,
+                                   logger: logger)
         // systemd: READY once the VMs are placed and the first plan is applied; STATUS and a
         // watchdog ping from every tick, so a loop that stops making progress gets restarted.
         if let w = notifier.watchdogSeconds, w < configuration.host.interval * 2 {
@@ -158,6 +160,8 @@ struct Swapfaird: AsyncParsableCommand {
                 loop.tracker = reloader.devices?.tracker
                 return outcome
             }, notifier: notifier) { loop in
+                publishMetrics(metrics, board: board, textfile: loop.configuration.host.metricsTextfile, health: health,
+                               logger: logger)
                 let summary = "\(loop.runningVMs.count) of \(loop.configuration.vms.count) VMs managed, "
                     + "budget \(Format.bytes(loop.planner.host.memoryBudget))" + Self.problems(health)
                 if loop.ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
@@ -168,17 +172,19 @@ struct Swapfaird: AsyncParsableCommand {
             owned.value.loop.finish()
             owned.value.monitor?.stop()
         })
-        try await runServices(control: control, server: server, daemon: daemon, logger: logger) {
+        try await runServices(control: control, server: server, daemon: daemon, startupSignals: signals, logger: logger) {
             owned.value.reloader.devices?.stop(logger: logger)
         }
-        withExtendedLifetime(signals) {}
         logger.notice("stopped", metadata: ["ticks": "\(loop.ticks)"])
     }
 
     /// Runs the daemon's parts until SIGTERM or SIGINT (or the loop's end), then stops them in
     /// order: SIGHUP's reloads, the control socket, the loop, the swap devices.
-    func runServices(control: LoopService, server: ControlServer?, daemon: Daemon, logger: Logger,
-                     stopDevices: @escaping @Sendable () -> Void) async throws {
+    /// `startupSignals`: the handlers that heard SIGTERM and SIGINT while the parts were set up,
+    /// kept until the group hears them (see `Daemon.handOverSignals`).
+    func runServices(control: LoopService, server: ControlServer?, daemon: Daemon, startupSignals: [any DispatchSourceSignal],
+                     logger: Logger, stopDevices: @escaping @Sendable () -> Void) async throws {
+        defer { withExtendedLifetime(startupSignals) {} }
         var services: [any Service] = [SwapDeviceService(stop: stopDevices), control]
         if let server { services.append(ControlSocketService(server)) }
         services.append(ReloadSignalService(daemon: daemon, logger: logger))
@@ -186,9 +192,22 @@ struct Swapfaird: AsyncParsableCommand {
         try await ServiceGroup.daemon(services, deadline: 15, logger: logger).run()
     }
 
+    /// The C library keeps up to 40 MiB of finished threads' stacks for new threads; with the
+    /// daemon's memory locked they stay resident, and every NBD connection that ends leaves two.
+    /// Its tunable is read only as the process starts, so the daemon executes itself again once
+    /// with the cache off (stacks are then unmapped as their threads end). Should that fail it runs
+    /// on as it is.
+    static func runWithoutStackCache() {
+        let tunable = "glibc.pthread.stack_cache_size"
+        let current = getenv("GLIBC_TUNABLES").map { String(cString: $0) } ?? ""
+        guard !current.contains(tunable) else { return }
+        setenv("GLIBC_TUNABLES", (current.isEmpty ? "" : current + ":") + tunable + "=0", 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+    }
+
     /// The control socket; a daemon without one still runs, and says so.
     func controlServer(_ c: SwapfairConfiguration, board: StatusBoard, daemon: Daemon, health: Health,
-                       logger: Logger) -> ControlServer? {
+                       metrics: MetricsExporter, logger: Logger) -> ControlServer? {
         var group: UInt32?
         if let name = c.host.socketGroup {
             group = UInt32(name) ?? getgrnam(name).map { $0.pointee.gr_gid }
@@ -196,11 +215,32 @@ struct Swapfaird: AsyncParsableCommand {
         }
         do {
             return try ControlServer(path: c.host.socket, board: board, allowedGroup: group, logger: logger,
-                                     reload: { daemon.reloadAndWait() }, health: health)
+                                     reload: { daemon.reloadAndWait() }, metrics: metrics, health: health)
         } catch {
             logger.error("control socket unavailable; running without it", metadata: ["error": "\(error)"])
             health.record("control socket", "unavailable: \(error)")
             return nil
+        }
+    }
+
+    /// The tick's status as metrics, and in `metrics_textfile` when one is set; a file that cannot
+    /// be written is said once (in the log and the status's problems), and again when it can.
+    func publishMetrics(_ metrics: MetricsExporter, board: StatusBoard, textfile: String?, health: Health, logger: Logger) {
+        guard let report = board.current else { return }
+        metrics.update(report)
+        guard let textfile else { return }
+        let part = "metrics_textfile \(textfile)"
+        do {
+            try metrics.write(to: textfile)
+            if health.current.contains(where: { $0.hasPrefix(part) }) {
+                health.clear(part)
+                logger.notice("the metrics file is written again", metadata: ["file": "\(textfile)"])
+            }
+        } catch {
+            if !health.current.contains(where: { $0.hasPrefix(part) }) {
+                logger.error("cannot write the metrics file", metadata: ["file": "\(textfile)", "error": "\(error)"])
+            }
+            health.record(part, "cannot be written: \(error)")
         }
     }
 
@@ -211,11 +251,12 @@ struct Swapfaird: AsyncParsableCommand {
 
     /// Serves swap devices and the control socket, nothing else, until SIGTERM or SIGINT.
     func runSwapOnly(_ c: SwapfairConfiguration, reloader: Reloader, daemon: Daemon, health: Health,
-                     notifier: ServiceNotifier, logger: Logger) async throws {
+                     notifier: ServiceNotifier, startupSignals: [any DispatchSourceSignal], logger: Logger) async throws {
         guard let first = reloader.devices else { fail("--swap-only, but no VM has a swap_device and there is no host swap device") }
         logger.notice("serving swap devices only (no memory control)", metadata: ["devices": "\(first.servers.count)"])
         let board = StatusBoard()
-        let server = controlServer(c, board: board, daemon: daemon, health: health, logger: logger)
+        let metrics = MetricsExporter()
+        let server = controlServer(c, board: board, daemon: daemon, health: health, metrics: metrics, logger: logger)
         let owned = HandedOver(reloader)
         let maxTicks = ticks
         let control = LoopService(daemon: daemon, loop: {
@@ -228,6 +269,8 @@ struct Swapfaird: AsyncParsableCommand {
                 let devices = reloader.devices ?? first
                 board.publish(StatusReport.swapOnly(reloader.current, devices: devices, now: monotonicSeconds(), started: started,
                                                     ticks: ticks, reloads: reloader.count, problems: health.current))
+                publishMetrics(metrics, board: board, textfile: reloader.current.host.metricsTextfile, health: health,
+                               logger: logger)
                 let summary = "serving \(devices.servers.count) swap devices"
                     + (devices.hostSwap.map { " and host swap on \($0.blockDevicePath)" } ?? "") + Self.problems(health)
                 if ticks == 1 { notifier.ready(status: summary) } else { notifier.status(summary) }
@@ -236,7 +279,8 @@ struct Swapfaird: AsyncParsableCommand {
             }
             notifier.stopping()
         }, finish: {})
-        try await runServices(control: control, server: server, daemon: daemon, logger: logger) {
+        try await runServices(control: control, server: server, daemon: daemon, startupSignals: startupSignals,
+                              logger: logger) {
             (owned.value.devices ?? first).stop(logger: logger)
         }
         logger.notice("stopped")

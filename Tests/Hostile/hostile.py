@@ -572,6 +572,45 @@ def _(d):
     raise Failure(f"swapfairctl reload exited {code} with no daemon, expected 2: {text[:200]}")
 
 
+# --- metrics ----------------------------------------------------------------------------------
+
+@case("metrics: swapfairctl metrics parses with prometheus_client's parser and agrees with status --json")
+def _(d):
+    from prometheus_client.parser import text_string_to_metric_families
+    for vm in VMS:
+        d.good_client(vm)
+    time.sleep(1.5)  # a tick publishes both
+    # Both come from the same tick's report unless a tick falls between the two requests: then again.
+    for _ in range(5):
+        status = d.status()
+        code, text, err, _ = d.ctl_run("metrics")
+        if code != 0:
+            raise Failure(f"swapfairctl metrics failed ({code}): {err.strip()[:300]}")
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sm in family.samples:
+                samples[(sm.name, tuple(sorted(sm.labels.items())))] = sm.value
+        if samples.get(("swapfair_ticks_total", ())) == status["daemon"]["ticks"]:
+            break
+    else:
+        raise Failure("the metrics and the status never came from the same tick")
+    wrong = []
+    for vm in status["vms"]:
+        dev = vm.get("swap_device") or {}
+        for direction, key in (("read", "read_bytes"), ("write", "write_bytes")):
+            got = samples.get(("swapfair_swap_device_bytes_total", (("direction", direction), ("vm", vm["name"]))))
+            if got != dev.get(key):
+                wrong.append(f"{vm['name']} {direction} bytes: metrics {got}, status {dev.get(key)}")
+        got = samples.get(("swapfair_vm_weight", (("vm", vm["name"]),)))
+        if got != vm["weight"]:
+            wrong.append(f"{vm['name']} weight: metrics {got}, status {vm['weight']}")
+    if samples.get(("swapfair_build_info", (("version", status["daemon"]["version"]),))) != 1:
+        wrong.append("no swapfair_build_info for the daemon's version")
+    if wrong:
+        raise Failure("; ".join(wrong))
+    return f"{len(samples)} samples; {sum(1 for k in samples if k[0].startswith('swapfair_swap_device'))} of swap devices"
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 def main():

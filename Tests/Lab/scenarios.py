@@ -8,11 +8,12 @@ prints its figures, and checks measured outcomes. The last line is "scenarios: N
 A parent group lab.slice with memory.max = the budget plays the host's RAM in every mode.
 """
 import os
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labkit import (MiB, Checks, Daemon, Sampler, StandIn, cg_kill_and_remove, cg_make, cg_read, cg_write,
+from labkit import (BIN, MiB, Checks, Daemon, Sampler, StandIn, cg_kill_and_remove, cg_make, cg_read, cg_write,
                     cg_sample, log, mib, table, wait_filled)
 
 HOST = "lab.slice"
@@ -35,6 +36,53 @@ def vm_config(budget, swap_budget, vms, extra_host=""):
     return text
 
 
+class Raw:
+    """A TOML value written as it is (an inline table)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+def check_metrics(c, d, swap_vm):
+    """`swapfairctl metrics`, read with prometheus_client's parser, against `status --json` of the
+    same tick, with the controller managing stand-ins and serving a swap device."""
+    from prometheus_client.parser import text_string_to_metric_families
+    sock = f"/run/swapfair/nbd/{swap_vm}.sock"
+    r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", "-c", "read -P 0x5a 0 1M",
+                        f"nbd+unix:///{swap_vm}?socket={sock}"], capture_output=True, text=True, timeout=60)
+    c.check(r.returncode == 0, f"{swap_vm}'s swap device served qemu-io ({(r.stderr or r.stdout).strip()[-200:]})")
+    time.sleep(2.5)
+    samples, status = {}, None
+    for _ in range(5):
+        status = d.status()
+        m = subprocess.run([os.path.join(BIN, "swapfairctl"), "metrics", "--socket", d.socket], capture_output=True,
+                           text=True, timeout=10)
+        samples = {(sm.name, tuple(sorted(sm.labels.items()))): sm.value
+                   for fam in text_string_to_metric_families(m.stdout) for sm in fam.samples}
+        if status and samples.get(("swapfair_ticks_total", ())) == status["daemon"]["ticks"]:
+            break
+    same_tick = bool(status) and samples.get(("swapfair_ticks_total", ())) == status["daemon"]["ticks"]
+    wrong = []
+    for vm in (status or {}).get("vms", []):
+        lv = (("vm", vm["name"]),)
+        for metric, key in (("swapfair_vm_memory_current_bytes", "memory_current"),
+                            ("swapfair_vm_memory_high_bytes", "memory_high"), ("swapfair_vm_entitlement_bytes", "entitled"),
+                            ("swapfair_vm_swap_max_bytes", "swap_max"), ("swapfair_vm_weight", "weight")):
+            if vm.get(key) is not None and samples.get((metric, lv)) != vm[key]:
+                wrong.append(f"{vm['name']} {metric} {samples.get((metric, lv))} != {key} {vm[key]}")
+    dev = next((v.get("swap_device") for v in (status or {}).get("vms", []) if v["name"] == swap_vm), None) or {}
+    for direction in ("read", "write"):
+        got = samples.get(("swapfair_swap_device_bytes_total", (("direction", direction), ("vm", swap_vm))))
+        if got != dev.get(f"{direction}_bytes") or not got:
+            wrong.append(f"{swap_vm} {direction} bytes {got} != {dev.get(f'{direction}_bytes')}")
+    c.check(same_tick and not wrong,
+            f"the metrics parse with prometheus_client and agree with status --json ({len(samples)} samples"
+            + (f"; {'; '.join(wrong[:4])}" if wrong else "") + ("" if same_tick else "; never the same tick") + ")")
+
+
 # ------------------------------------------------------------------ weights 1:1:2 under 2:1 overcommit
 
 def weights(c):
@@ -44,8 +92,10 @@ def weights(c):
     names = {"w-a": 100, "w-b": 100, "w-c": 200}
     for n in names:
         cg_make(f"{HOST}/{n}")
+    # w-c also has a swap device, so that the metrics check below sees one served.
     d = Daemon("weights", vm_config(budget, 1024 * MiB, [
-        {"name": n, "weight": w, "cgroup": f"{HOST}/{n}"} for n, w in names.items()]))
+        {"name": n, "weight": w, "cgroup": f"{HOST}/{n}", **({"swap_device": Raw('{ size = "64M" }')} if n == "w-c" else {})}
+        for n, w in names.items()]))
     standins = [StandIn(n, f"{HOST}/{n}", "256M", "256M", duration=75) for n in names]
     s = Sampler([f"{HOST}/{n}" for n in names])
     ok = wait_filled(standins)
@@ -80,6 +130,7 @@ def weights(c):
     over = [(g, x["swap"], x["swap_max"]) for g in g_all for x in s.series[g]
             if x["swap_max"] is not None and x["swap"] > x["swap_max"] + MiB]
     c.check(not over, f"swap use stayed within every memory.swap.max ({len(over)} samples over)")
+    check_metrics(c, d, swap_vm="w-c")
     for st in standins:
         st.stop()
     d.stop()

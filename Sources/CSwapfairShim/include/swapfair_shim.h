@@ -43,17 +43,6 @@ int swapfair_pidfd_open(int32_t pid);
 /// length pairs. Returns the bytes advised, or -1 with errno set.
 int64_t swapfair_process_madvise(int pidfd, const uint64_t *ranges, int count, int advice);
 
-/// For a thread about to end: munlock(2) of its whole stack and madvise(MADV_DONTNEED) of all of it
-/// but the 64 KiB above the caller's frame. The C library caches a finished thread's stack for the
-/// next thread, and with every page of it locked (mlockall, `swapfair_lock_own_stack`) it would
-/// stay resident for good. Returns 0, or -1 with errno set.
-int swapfair_unlock_own_stack(void);
-
-/// mlock(2) of the calling thread's whole stack: a stack the C library reuses from its cache was
-/// unlocked when its last thread ended, and mlockall's MCL_FUTURE covers new mappings only.
-/// Returns 0, or -1 with errno set.
-int swapfair_lock_own_stack(void);
-
 /// mallopt for a process whose memory is locked, where freed heap pages stay resident: two malloc
 /// arenas at most (M_ARENA_MAX; else each thread may get one of its own) and a fixed mmap threshold
 /// of 128 KiB (M_MMAP_THRESHOLD; else it rises after the first large free, and large buffers then
