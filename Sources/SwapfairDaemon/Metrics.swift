@@ -69,13 +69,13 @@ public final class MetricsExporter: Sendable {
                       vm.state == "running" ? 1 : 0)
                 gauge("swapfair_vm_weight", "The VM's configured weight.", l, vm.weight)
                 gauge("swapfair_vm_reservation_bytes", "RAM reserved for the VM (memory.low).", l, Double(vm.reservation))
-                gauge("swapfair_vm_limit_bytes", "The VM's hard limit (memory.max), if any.", l, vm.limit.map(Double.init))
-                gauge("swapfair_vm_demand_bytes", "What the pressure feedback says the VM needs.", l, vm.demand.map(Double.init))
-                gauge("swapfair_vm_entitlement_bytes", "The VM's entitled share of RAM.", l, vm.entitled.map(Double.init))
-                gauge("swapfair_vm_memory_high_bytes", "memory.high in force.", l, vm.memoryHigh.map(Double.init))
-                gauge("swapfair_vm_memory_current_bytes", "memory.current.", l, vm.memoryCurrent.map(Double.init))
-                gauge("swapfair_vm_swap_bytes", "memory.swap.current.", l, vm.swapCurrent.map(Double.init))
-                gauge("swapfair_vm_swap_max_bytes", "memory.swap.max in force (the VM's swap cap).", l, vm.swapMax.map(Double.init))
+                gauge("swapfair_vm_limit_bytes", "The VM's hard limit (memory.max), if any.", l, vm.limit.map { Double($0) })
+                gauge("swapfair_vm_demand_bytes", "What the pressure feedback says the VM needs.", l, vm.demand.map { Double($0) })
+                gauge("swapfair_vm_entitlement_bytes", "The VM's entitled share of RAM.", l, vm.entitled.map { Double($0) })
+                gauge("swapfair_vm_memory_high_bytes", "memory.high in force.", l, vm.memoryHigh.map { Double($0) })
+                gauge("swapfair_vm_memory_current_bytes", "memory.current.", l, vm.memoryCurrent.map { Double($0) })
+                gauge("swapfair_vm_swap_bytes", "memory.swap.current.", l, vm.swapCurrent.map { Double($0) })
+                gauge("swapfair_vm_swap_max_bytes", "memory.swap.max in force (the VM's swap cap).", l, vm.swapMax.map { Double($0) })
                 gauge("swapfair_vm_stall_ratio", "Share of the last tick the VM stalled on memory (PSI some).", l, vm.stall)
                 gauge("swapfair_vm_pressure_avg10_ratio", "memory.pressure some avg10, as a ratio.", l,
                       vm.pressureAvg10.map { $0 / 100 })
@@ -88,7 +88,7 @@ public final class MetricsExporter: Sendable {
                     gauge("swapfair_vm_balloon_shift_bytes", "What reclaim shifting asks the VM's balloon to take.", l,
                           Double(b.shift))
                     gauge("swapfair_vm_balloon_actual_bytes", "The guest's RAM as its balloon reports it.", l,
-                          b.balloonActual.map(Double.init))
+                          b.balloonActual.map { Double($0) })
                 }
                 guard let dev = vm.swapDevice else { continue }
                 for (direction, requests, bytes) in [("read", dev.reads, dev.readBytes), ("write", dev.writes, dev.writeBytes)] {

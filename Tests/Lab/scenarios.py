@@ -7,13 +7,15 @@ Each scenario runs the real swapfaird against swapfair-loadgen stand-ins in thei
 prints its figures, and checks measured outcomes. The last line is "scenarios: N passed, M failed".
 A parent group lab.slice with memory.max = the budget plays the host's RAM in every mode.
 """
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labkit import (BIN, MiB, Checks, Daemon, Sampler, StandIn, cg_kill_and_remove, cg_make, cg_read, cg_write,
+from labkit import (BIN, OUT, MiB, Checks, Daemon, Sampler, StandIn, cg_kill_and_remove, cg_make, cg_read, cg_write,
                     cg_sample, log, mib, table, wait_filled)
 
 HOST = "lab.slice"
@@ -55,14 +57,32 @@ def check_metrics(c, d, swap_vm):
                         f"nbd+unix:///{swap_vm}?socket={sock}"], capture_output=True, text=True, timeout=60)
     c.check(r.returncode == 0, f"{swap_vm}'s swap device served qemu-io ({(r.stderr or r.stdout).strip()[-200:]})")
     time.sleep(2.5)
+    def ask(request):
+        # Straight to the control socket: two swapfairctl starts under the emulator take longer than
+        # a tick, and the status and the metrics must come from the same one.
+        with socket.socket(socket.AF_UNIX) as sk:
+            sk.settimeout(10)
+            sk.connect(d.socket)
+            sk.sendall(request)
+            data = b""
+            while chunk := sk.recv(65536):
+                data += chunk
+        return data.decode()
+
+    # The CLI once, as an operator runs it.
+    m = subprocess.run([os.path.join(BIN, "swapfairctl"), "metrics", "--socket", d.socket], capture_output=True,
+                       text=True, timeout=30)
+    c.check(m.returncode == 0 and "swapfair_build_info" in m.stdout,
+            f"swapfairctl metrics prints the metrics ({(m.stderr or '').strip()[-200:]})")
     samples, status = {}, None
-    for _ in range(5):
-        status = d.status()
-        m = subprocess.run([os.path.join(BIN, "swapfairctl"), "metrics", "--socket", d.socket], capture_output=True,
-                           text=True, timeout=10)
+    for _ in range(20):
+        status = json.loads(ask(b"status\n"))
+        text = ask(b"metrics\n")
         samples = {(sm.name, tuple(sorted(sm.labels.items()))): sm.value
-                   for fam in text_string_to_metric_families(m.stdout) for sm in fam.samples}
-        if status and samples.get(("swapfair_ticks_total", ())) == status["daemon"]["ticks"]:
+                   for fam in text_string_to_metric_families(text) for sm in fam.samples}
+        if samples.get(("swapfair_ticks_total", ())) == status["daemon"]["ticks"]:
+            with open(os.path.join(OUT, "metrics-weights.prom"), "w") as fh:
+                fh.write(text)
             break
     same_tick = bool(status) and samples.get(("swapfair_ticks_total", ())) == status["daemon"]["ticks"]
     wrong = []

@@ -32,6 +32,10 @@ import Testing
         var text = m.text()
         #expect(value(text, #"swapfair_vm_weight{vm="a"}"#) == 200)
         #expect(value(text, #"swapfair_vm_pressure_avg10_ratio{vm="a"}"#) == 0.015)
+        // Sizes as numbers of bytes (a UInt64 taken for a bit pattern would read as a tiny float).
+        #expect(value(text, #"swapfair_vm_memory_current_bytes{vm="a"}"#) == Double(900 << 20))
+        #expect(value(text, #"swapfair_vm_entitlement_bytes{vm="a"}"#) == Double(1 << 30))
+        #expect(value(text, #"swapfair_vm_swap_max_bytes{vm="a"}"#) == Double(64 << 20))
         #expect(value(text, #"swapfair_swap_device_bytes_total{vm="a",direction="read"}"#) == 4096)
         #expect(value(text, #"swapfair_build_info{version="9.9"}"#) == 1)
         #expect(text.contains("# TYPE swapfair_swap_device_bytes_total counter"))
