@@ -438,17 +438,20 @@ def read_simple_reply(s, length):
     return error, cookie, data
 
 
+def read_to_end(s):
+    """Everything the peer sends until it closes."""
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
 def ctl_request(path, request, timeout=5.0):
     """One control-socket exchange: returns the parsed JSON answer."""
     s = connect(path, timeout)
     try:
         s.sendall(request)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
+        out = read_to_end(s)
     finally:
         s.close()
     return json.loads(out)
@@ -624,12 +627,7 @@ def ctl_slow(path, request=b"status\n", gap=0.05):
         for b in request:
             s.sendall(bytes([b]))
             time.sleep(gap)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
+        out = read_to_end(s)
     finally:
         s.close()
     return out
